@@ -1,0 +1,1 @@
+"""vramq: a shared-GPU job scheduler (API, scheduler and database)."""

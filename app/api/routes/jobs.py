@@ -1,0 +1,58 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import PlainTextResponse
+
+from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.enums import JobStatus
+from app.schemas import JobOut, JobSubmit, MetricOut, RunOut
+from app.services import jobs
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def submit(spec: JobSubmit, user: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> JobOut:
+    jobs.check_satisfiable(redis, spec, settings.safety_margin_mb)
+    return jobs.to_out(jobs.submit(session, user, spec))
+
+
+@router.get("")
+def list_jobs(
+    response: Response,
+    _: CurrentUser,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    user: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[int | None, Query(ge=1, description="X-Next-Cursor of the previous page")] = None,
+) -> list[JobOut]:
+    page = jobs.list_jobs(session, status=status, user=user, limit=limit, before_id=cursor)
+    if len(page) == limit:
+        response.headers["X-Next-Cursor"] = str(page[-1].id)
+    return [jobs.to_out(job) for job in page]
+
+
+@router.get("/{job_id}")
+def get(job_id: int, _: CurrentUser, session: SessionDep) -> JobOut:
+    return jobs.to_out(jobs.get(session, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+def cancel(job_id: int, _: CurrentUser, session: SessionDep) -> JobOut:
+    return jobs.to_out(jobs.cancel(session, job_id))
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+def logs(job_id: int, _: CurrentUser, session: SessionDep, attempt: Annotated[int | None, Query(ge=1)] = None) -> str:
+    return jobs.log_text(session, job_id, attempt)
+
+
+@router.get("/{job_id}/runs")
+def runs(job_id: int, _: CurrentUser, session: SessionDep) -> list[RunOut]:
+    return [RunOut.model_validate(run) for run in jobs.runs(session, job_id)]
+
+
+@router.get("/{job_id}/metrics")
+def metrics(job_id: int, _: CurrentUser, session: SessionDep) -> list[MetricOut]:
+    return [MetricOut.model_validate(metric) for metric in jobs.metrics(session, job_id)]

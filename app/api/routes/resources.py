@@ -1,0 +1,21 @@
+"""GPUs and users."""
+
+from fastapi import APIRouter, status
+
+from app.api.deps import AdminUser, CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.schemas import GpuOut, UserCreate, UserCreated
+from app.services.gpus import gpu_view
+from app.services.users import create_user
+
+router = APIRouter(tags=["resources"])
+
+
+@router.get("/gpus")
+def gpus(_: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> list[GpuOut]:
+    return gpu_view(session, redis, settings.safety_margin_mb)
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED)
+def add_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserCreated:
+    user, token = create_user(session, body.name, admin=body.admin)
+    return UserCreated(name=user.name, token=token, admin=user.admin)

@@ -1,0 +1,306 @@
+"""The `vramq` command: admin commands run the services, researcher commands talk to the REST API."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from app.config import Settings
+
+app = typer.Typer(help="vramq: share a GPU node without killing each other's jobs.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+# --- admin -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from app.db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings)
+    typer.echo(f"database at head: {settings.sqlalchemy_url}")
+
+
+@user_app.command("add")
+def user_add(name: str, admin: Annotated[bool, typer.Option("--admin")] = False) -> None:
+    """Create a user; its token is printed alone on the last line, once."""
+    from app.db.session import make_engine, make_sessionmaker, transaction
+    from app.errors import VramqError
+    from app.services.users import create_user
+
+    engine = make_engine(_settings())
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            user, token = create_user(session, name, admin=admin)
+            typer.echo(f"created {'admin ' if user.admin else ''}user {user.name}; token:")
+    except VramqError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(token)
+
+
+@app.command()
+def api() -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    from app.api.main import create_app
+
+    settings = _settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the dispatch loop (one leader among however many run)."""
+    from redis import Redis
+
+    from app.db.session import make_engine, make_sessionmaker
+    from app.scheduler.loop import Scheduler
+
+    _logging()
+    settings = _settings()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    engine = make_engine(settings)
+    Scheduler(settings, make_sessionmaker(engine), Redis.from_url(settings.redis_url)).run(stop)
+    engine.dispose()
+
+
+@app.command()
+def node() -> None:
+    """Run this node's agent and its RQ workers (needs NVML, or VRAMQ_GPUS to simulate)."""
+    from redis import Redis
+
+    from worker.agent import NodeAgent
+    from worker.gpu import GpuBackendError, make_backend
+
+    _logging()
+    settings = _settings()
+    try:
+        backend = make_backend(settings)
+    except GpuBackendError as exc:
+        typer.echo(f"error: {exc}. Set VRAMQ_GPUS (e.g. 2x24GiB) to simulate GPUs.", err=True)
+        raise typer.Exit(2) from exc
+    agent = NodeAgent(settings, backend, Redis.from_url(settings.redis_url))
+    _stop_on_signals(agent.stop)
+    agent.run()
+
+
+@app.command()
+def up() -> None:
+    """Everything in one foreground command: migrations, Redis if none answers, API, scheduler, one node."""
+    from app import embedded_redis
+    from app.db.migrate import upgrade
+
+    settings = _settings()
+    env = dict(os.environ, VRAMQ_HOME=str(settings.home))
+    if settings.gpus is None and not _nvml_available():
+        env["VRAMQ_GPUS"] = "1x16GiB"
+        typer.secho(
+            "WARNING: no NVIDIA GPU found (NVML unavailable) and VRAMQ_GPUS unset: SIMULATING one 16 GiB GPU.",
+            fg="yellow",
+            bold=True,
+            err=True,
+        )
+    upgrade(settings)
+    children: list[subprocess.Popen[bytes]] = []
+    if not embedded_redis.answers(settings.redis_url):
+        typer.echo(f"no Redis at {settings.redis_url}: starting one with its data in {settings.home / 'redis'}")
+        children.append(embedded_redis.start(settings.redis_url, settings.home))
+    for role in ("api", "scheduler", "node"):
+        children.append(subprocess.Popen([sys.executable, "-m", "app.cli", role], env=env))
+    typer.echo(f"vramq is up: http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    while not stop.is_set() and all(child.poll() is None for child in children):
+        stop.wait(0.5)
+    for child in reversed(children):  # the node first, Redis last
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    failed = [child.args for child in children if child.returncode not in (0, -signal.SIGTERM)]
+    if failed and not stop.is_set():
+        raise typer.Exit(1)
+
+
+def _nvml_available() -> bool:
+    from worker.gpu import GpuBackendError
+    from worker.gpu.nvml import NvmlBackend
+
+    try:
+        NvmlBackend().close()
+    except GpuBackendError:
+        return False
+    return True
+
+
+# --- researcher ------------------------------------------------------------------------------------
+
+
+def _client() -> httpx.Client:
+    settings = _settings()
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    return httpx.Client(base_url=settings.api_url, headers=headers, timeout=30)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        with _client() as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the vramq API: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if response.is_error:
+        try:
+            error = response.json()["error"]
+            typer.echo(f"error ({error['code']}): {error['message']}", err=True)
+        except (ValueError, KeyError, TypeError):
+            typer.echo(f"error: HTTP {response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+    return response
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    vram: Annotated[int, typer.Option("--vram", "-m", help="VRAM per GPU, MiB")],
+    gpus: Annotated[int, typer.Option(help="GPUs")] = 1,
+    name: Annotated[str | None, typer.Option(help="job name")] = None,
+    priority: int = 0,
+    time_limit: Annotated[int | None, typer.Option(help="seconds")] = None,
+    retries: Annotated[int, typer.Option(help="max retries")] = 0,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="default: the current directory")] = None,
+) -> None:
+    """Submit a job: vramq submit --vram 4000 -- python train.py"""
+    if not ctx.args:
+        typer.echo("error: give the command after --, e.g. vramq submit --vram 4000 -- python train.py", err=True)
+        raise typer.Exit(2)
+    body = {
+        "command": ctx.args,
+        "vram_mb": vram,
+        "gpus": gpus,
+        "name": name,
+        "priority": priority,
+        "time_limit_s": time_limit,
+        "max_retries": retries,
+        "env": dict(item.split("=", 1) for item in env or []),
+        "workdir": str((workdir or Path.cwd()).resolve()),
+    }
+    job = _call("POST", "/api/v1/jobs", json={k: v for k, v in body.items() if v is not None}).json()
+    typer.echo(f"job {job['id']} {job['status']}")
+
+
+@app.command("ls")
+def list_jobs(status: str | None = None, user: str | None = None, limit: int = 20) -> None:
+    """List jobs, newest first."""
+    params = {k: v for k, v in {"status": status, "user": user, "limit": limit}.items() if v is not None}
+    for job in _call("GET", "/api/v1/jobs", params=params).json():
+        where = f"{job['node']}:{job['gpu_indices']}" if job["node"] else "-"
+        reason = f" ({job['failure_reason']})" if job["failure_reason"] else ""
+        typer.echo(
+            f"{job['id']:>6}  {job['user']:<12} {job['status'] + reason:<24} {job['vram_mb']:>7} MB  "
+            f"{where:<16} {job['name'] or ' '.join(job['command'])[:40]}"
+        )
+
+
+@app.command()
+def show(job_id: int) -> None:
+    """One job, with its attempts."""
+    _print_json(
+        {
+            **_call("GET", f"/api/v1/jobs/{job_id}").json(),
+            "runs": _call("GET", f"/api/v1/jobs/{job_id}/runs").json(),
+        }
+    )
+
+
+@app.command()
+def logs(
+    job_id: int,
+    attempt: int | None = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+) -> None:
+    """Print a job's output; --follow keeps printing until the job ends."""
+    params = {"attempt": attempt} if attempt else {}
+    shown = 0
+    while True:
+        text = _call("GET", f"/api/v1/jobs/{job_id}/logs", params=params).text
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = len(text)
+        if not follow or _call("GET", f"/api/v1/jobs/{job_id}").json()["status"] in (
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
+            return
+        time.sleep(1)
+
+
+@app.command()
+def cancel(job_id: int) -> None:
+    """Cancel a job (a running one is stopped: SIGTERM, then SIGKILL)."""
+    job = _call("POST", f"/api/v1/jobs/{job_id}/cancel").json()
+    typer.echo(f"job {job['id']} {job['status']}{' (stopping)' if job['status'] == 'running' else ''}")
+
+
+@app.command()
+def gpus() -> None:
+    """Every GPU of every live node: who holds what."""
+    for gpu in _call("GET", "/api/v1/gpus").json():
+        typer.echo(
+            f"{gpu['node']}:{gpu['index']} {gpu['name']:<24} total {gpu['total_mb']:>7}  used {gpu['used_mb']:>7}  "
+            f"reserved {gpu['reserved_mb']:>7}  foreign {gpu['foreign_mb']:>7}  available {gpu['available_mb']:>7}"
+            f"  jobs {gpu['jobs']}{'  (simulated)' if gpu['simulated'] else ''}"
+        )
+
+
+@app.command()
+def models(name: Annotated[str | None, typer.Argument(help="show this model's versions")] = None) -> None:
+    """List models, or one model's versions."""
+    _print_json(_call("GET", f"/api/v1/models/{name}/versions" if name else "/api/v1/models").json())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Redis key names and timings shared by the API, the scheduler and the nodes, each with its reason."""
+
+PREFIX = "vramq"
+
+# Set of node names that ever published; each node's snapshot lives under NODE_KEY and expires.
+NODES_KEY = f"{PREFIX}:nodes"
+NODE_KEY = PREFIX + ":node:{node}"
+# A node publishes every second; three missed snapshots and it is considered dead.
+SNAPSHOT_INTERVAL_S = 1.0
+SNAPSHOT_TTL_S = 3.0
+
+# pgid -> job id of the job process groups running on a node: NVML pids in these groups are vramq's.
+NODE_PGIDS_KEY = PREFIX + ":node:{node}:pgids"
+
+# A running attempt refreshes its heartbeat every sample; a worker dead this long makes the job lost.
+RUN_HEARTBEAT_KEY = PREFIX + ":run:{job_id}:{attempt}"
+RUN_HEARTBEAT_TTL_S = 10.0
+
+# One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.
+LEADER_KEY = f"{PREFIX}:scheduler:leader"
+LEADER_TTL_S = 5.0
+
+# A dispatched job whose RQ message is missing this long after dispatch is enqueued again (Redis lost it).
+REENQUEUE_AFTER_S = 10.0
+
+
+def node_queue(node: str) -> str:
+    """The RQ queue a node's workers listen on."""
+    return f"{PREFIX}.node.{node}"
+
+
+def rq_job_id(job_id: int, attempt: int) -> str:
+    return f"{PREFIX}-{job_id}-{attempt}"

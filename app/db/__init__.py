@@ -1,0 +1,1 @@
+"""SQL: the source of truth for users, jobs, runs, metrics and model versions."""

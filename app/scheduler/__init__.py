@@ -1,0 +1,1 @@
+"""Placement policy (pure functions) and the dispatch loop that applies it."""

@@ -1,0 +1,152 @@
+"""The dispatch loop: one leader at a time reserves VRAM in SQL, then enqueues ids on the nodes' queues."""
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Job as RqJob
+from rq.serializers import JSONSerializer
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.constants import (
+    LEADER_KEY,
+    LEADER_TTL_S,
+    REENQUEUE_AFTER_S,
+    RUN_HEARTBEAT_KEY,
+    RUN_HEARTBEAT_TTL_S,
+    node_queue,
+    rq_job_id,
+)
+from app.db.models import Job, utcnow
+from app.db.session import lock_ledger, transaction
+from app.enums import ACTIVE, FailureReason, JobStatus
+from app.scheduler.ledger import active_reservations, node_states
+from app.scheduler.policy import PendingJob, Placement, place
+from app.services import transitions
+from app.services.nodes import NodeSnapshot, live_nodes
+
+log = logging.getLogger(__name__)
+
+TASK = "worker.task.run_job"  # by name: the control plane never imports worker code
+
+
+class LeaderLock:
+    """A Redis lock with expiry; the holder renews it every tick (invariant 5)."""
+
+    _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.token = uuid.uuid4().hex
+        self.ttl_ms = int(LEADER_TTL_S * 1000)
+
+    def acquire_or_renew(self) -> bool:
+        if self.redis.eval(self._RENEW, 1, LEADER_KEY, self.token, self.ttl_ms):  # type: ignore[no-untyped-call]
+            return True
+        return bool(self.redis.set(LEADER_KEY, self.token, nx=True, px=self.ttl_ms))
+
+    def release(self) -> None:
+        self.redis.eval(  # type: ignore[no-untyped-call]
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+            1,
+            LEADER_KEY,
+            self.token,
+        )
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], redis: Redis) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.redis = redis
+        self.lock = LeaderLock(redis)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except RedisError as exc:
+                    log.warning("Redis unavailable, retrying: %s", exc)
+                except Exception:
+                    log.exception("scheduler tick failed")
+                stop.wait(self.settings.dispatch_interval_s)
+        finally:
+            with contextlib.suppress(RedisError):
+                self.lock.release()
+
+    def tick(self) -> list[Placement]:
+        if not self.lock.acquire_or_renew():
+            return []
+        nodes = live_nodes(self.redis)
+        self.reconcile(nodes)
+        return self.dispatch(nodes)
+
+    def dispatch(self, nodes: list[NodeSnapshot]) -> list[Placement]:
+        """Check and write the ledger in one transaction, then enqueue; a lost enqueue is redone by reconcile."""
+        if not nodes:
+            return []
+        with transaction(self.sessions) as session:
+            lock_ledger(session)
+            queued = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED)).all()
+            if not queued:
+                return []
+            states = node_states(nodes, active_reservations(session), self.settings.safety_margin_mb)
+            pending = [
+                PendingJob(job.id, job.vram_mb, job.gpus, job.priority, job.created_at.timestamp()) for job in queued
+            ]
+            by_id = {job.id: job for job in queued}
+            placements = [
+                p
+                for p in place(pending, states, time.time())
+                if transitions.dispatch(session, by_id[p.job_id], p.node, list(p.gpu_indices))
+            ]
+        for placement in placements:
+            self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
+        return placements
+
+    def _enqueue(self, node: str, job_id: int, attempt: int) -> None:
+        queue = Queue(node_queue(node), connection=self.redis, serializer=JSONSerializer)
+        queue.enqueue_call(
+            TASK,
+            args=(job_id, attempt),
+            job_id=rq_job_id(job_id, attempt),
+            timeout=-1,
+            result_ttl=3600,
+            failure_ttl=24 * 3600,
+        )
+
+    def reconcile(self, nodes: list[NodeSnapshot]) -> None:
+        """Jobs whose node or worker died become lost (retried or failed); dispatched jobs whose message
+        Redis lost are enqueued again (SQL is the source of truth, invariant 3)."""
+        alive = {snap.node for snap in nodes}
+        now = utcnow()
+        grace = timedelta(seconds=RUN_HEARTBEAT_TTL_S)
+        with self.sessions() as session:
+            active = session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
+        for job in active:
+            since = job.started_at or job.dispatched_at or now
+            if job.status is JobStatus.RUNNING:
+                beating = self.redis.exists(RUN_HEARTBEAT_KEY.format(job_id=job.id, attempt=job.attempt))
+                if not beating and now - since > grace:
+                    self._lose(job, "its worker stopped sending heartbeats")
+            elif job.node not in alive and now - since > grace:
+                self._lose(job, f"node {job.node} is gone")
+            elif now - since > timedelta(seconds=REENQUEUE_AFTER_S) and job.node is not None:
+                if not RqJob.exists(rq_job_id(job.id, job.attempt), connection=self.redis):
+                    log.warning("job %s: its queue message is missing; enqueueing it again", job.id)
+                    self._enqueue(job.node, job.id, job.attempt)
+
+    def _lose(self, job: Job, why: str) -> None:
+        with transaction(self.sessions) as session:
+            reached = transitions.finish(session, job, job.attempt, JobStatus.FAILED, reason=FailureReason.LOST)
+        if reached is not None:
+            log.warning("job %s attempt %s lost (%s): now %s", job.id, job.attempt, why, reached)

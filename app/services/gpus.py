@@ -1,0 +1,30 @@
+"""The cluster's GPUs as researchers see them: NVML readings beside vramq's reservations."""
+
+from redis import Redis
+from sqlalchemy.orm import Session
+
+from app.scheduler.ledger import active_reservations, available_mb
+from app.schemas import GpuOut
+from app.services.nodes import live_nodes
+
+
+def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
+    reservations = active_reservations(session)
+    return [
+        GpuOut(
+            node=snap.node,
+            index=gpu.index,
+            uuid=gpu.uuid,
+            name=gpu.name,
+            total_mb=gpu.total_mb,
+            used_mb=gpu.used_mb,
+            free_mb=gpu.free_mb,
+            reserved_mb=reservations.mb[snap.node, gpu.index],
+            foreign_mb=gpu.foreign_mb,
+            available_mb=available_mb(gpu.total_mb, reservations.mb[snap.node, gpu.index], gpu.foreign_mb, margin_mb),
+            simulated=snap.simulated,
+            jobs=sorted(reservations.jobs[snap.node, gpu.index]),
+        )
+        for snap in live_nodes(redis)
+        for gpu in snap.gpus
+    ]

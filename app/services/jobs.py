@@ -1,0 +1,149 @@
+"""Submitting, listing, reading and cancelling jobs."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from redis import Redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, Metric, Run, User
+from app.enums import JobStatus
+from app.errors import JobFinished, JobNotFound, RunNotFound, VramUnsatisfiable
+from app.schemas import JobOut, JobSubmit
+from app.services import transitions
+from app.services.nodes import live_nodes
+
+
+def to_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        user=job.user.name,
+        status=job.status,
+        failure_reason=job.failure_reason,
+        exit_code=job.exit_code,
+        command=job.command,
+        workdir=job.workdir,
+        env=job.env,
+        vram_mb=job.vram_mb,
+        gpus=job.gpus,
+        priority=job.priority,
+        time_limit_s=job.time_limit_s,
+        max_retries=job.max_retries,
+        attempt=job.attempt,
+        node=job.node,
+        gpu_indices=job.gpu_indices,
+        peak_vram_mb=job.peak_vram_mb,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def check_satisfiable(redis: Redis, spec: JobSubmit, margin_mb: int) -> None:
+    """Refuse a request that no live node could hold even when idle; with no live node, accept and wait."""
+    nodes = live_nodes(redis)
+    if not nodes:
+        return
+    # For each node with enough GPUs: the most that `spec.gpus` of its GPUs can each give.
+    capacities = [
+        sorted((gpu.total_mb - margin_mb for gpu in node.gpus), reverse=True)[spec.gpus - 1]
+        for node in nodes
+        if len(node.gpus) >= spec.gpus
+    ]
+    if not capacities:
+        most = max(len(node.gpus) for node in nodes)
+        raise VramUnsatisfiable(f"{spec.gpus} GPUs requested; the largest live node has {most}")
+    if spec.vram_mb > max(capacities):
+        raise VramUnsatisfiable(
+            f"{spec.vram_mb} MB per GPU requested; the most any live GPU can give is {max(capacities)} MB "
+            f"(its total less the {margin_mb} MB safety margin)"
+        )
+
+
+def submit(session: Session, user: User, spec: JobSubmit) -> Job:
+    job = Job(
+        user_id=user.id,
+        name=spec.name,
+        command=spec.command,
+        workdir=spec.workdir,
+        env=spec.env,
+        vram_mb=spec.vram_mb,
+        gpus=spec.gpus,
+        priority=spec.priority,
+        time_limit_s=spec.time_limit_s,
+        max_retries=spec.max_retries,
+    )
+    job.user = user
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    user: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> Sequence[Job]:
+    """Newest first; `before_id` is the cursor a previous page ended on."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if user is not None:
+        query = query.join(Job.user).where(User.name == user)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    return session.scalars(query).all()
+
+
+def cancel(session: Session, job_id: int) -> Job:
+    """Queued or dispatched: cancelled now. Running: flagged; its worker stops the process group."""
+    job = get(session, job_id)
+    if job.status.terminal:
+        raise JobFinished(f"job {job_id} has already {job.status}")
+    job.cancel_requested = True
+    if job.status is JobStatus.QUEUED:
+        transitions.cancel_queued(session, job_id)
+    elif job.status is JobStatus.DISPATCHED:
+        transitions.cancel_dispatched(session, job)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def runs(session: Session, job_id: int) -> Sequence[Run]:
+    get(session, job_id)
+    return session.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.attempt)).all()
+
+
+def metrics(session: Session, job_id: int) -> Sequence[Metric]:
+    get(session, job_id)
+    query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.attempt, Metric.epoch, Metric.id)
+    return session.scalars(query).all()
+
+
+def log_text(session: Session, job_id: int, attempt: int | None = None) -> str:
+    """The stdout and stderr of an attempt (default the latest that started); empty before any."""
+    job = get(session, job_id)
+    query = select(Run).where(Run.job_id == job_id)
+    if attempt is not None:
+        query = query.where(Run.attempt == attempt)
+    run = session.scalars(query.order_by(Run.attempt.desc()).limit(1)).first()
+    if run is None:
+        if attempt is not None:
+            raise RunNotFound(f"job {job_id} has no attempt {attempt} (it is at attempt {job.attempt})")
+        return ""
+    if not run.log_path or not Path(run.log_path).exists():
+        return ""
+    return Path(run.log_path).read_text(errors="replace")

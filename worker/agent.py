@@ -1,0 +1,118 @@
+"""The node agent (`vramq node`): publishes GPU snapshots and keeps the node's RQ workers running."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from redis import Redis
+
+from app.config import Settings
+from app.constants import NODE_PGIDS_KEY, SNAPSHOT_INTERVAL_S
+from app.services.nodes import GpuProcessInfo, GpuSnapshot, NodeSnapshot, publish, withdraw
+from worker.gpu import GpuBackend
+from worker.launcher import signal_group
+
+log = logging.getLogger(__name__)
+
+
+def snapshot(backend: GpuBackend, node: str, slots: int, job_pgids: dict[int, int]) -> NodeSnapshot:
+    """Read the GPUs; memory of processes outside vramq's job groups counts as foreign.
+
+    Foreign memory is the GPU's used memory less what vramq's jobs hold, so memory the driver cannot
+    attribute to a visible pid (other containers) is foreign too: admission errs on the safe side.
+    """
+    processes: dict[int, list[GpuProcessInfo]] = {}
+    for process in backend.processes():
+        try:
+            job_id = job_pgids.get(os.getpgid(process.pid))
+        except ProcessLookupError:
+            continue
+        processes.setdefault(process.gpu_index, []).append(
+            GpuProcessInfo(pid=process.pid, used_mb=process.used_mb, job_id=job_id)
+        )
+    gpus = []
+    for gpu in backend.gpus():
+        on_gpu = processes.get(gpu.index, [])
+        vramq_mb = sum(p.used_mb for p in on_gpu if p.job_id is not None)
+        gpus.append(
+            GpuSnapshot(
+                index=gpu.index,
+                uuid=gpu.uuid,
+                name=gpu.name,
+                total_mb=gpu.total_mb,
+                used_mb=gpu.used_mb,
+                free_mb=gpu.free_mb,
+                foreign_mb=max(0, gpu.used_mb - vramq_mb),
+                processes=on_gpu,
+            )
+        )
+    return NodeSnapshot(node=node, time=time.time(), slots=slots, simulated=backend.simulated, gpus=gpus)
+
+
+class NodeAgent:
+    def __init__(self, settings: Settings, backend: GpuBackend, redis: Redis) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.redis = redis
+        self.stop = threading.Event()
+        self.workers: list[subprocess.Popen[bytes] | None] = [None] * settings.slots
+
+    def job_pgids(self) -> dict[int, int]:
+        raw = self.redis.hgetall(NODE_PGIDS_KEY.format(node=self.settings.node))
+        return {int(pgid): int(job_id) for pgid, job_id in raw.items()}  # type: ignore[union-attr]
+
+    def publish_once(self) -> NodeSnapshot:
+        snap = snapshot(self.backend, self.settings.node, self.settings.slots, self.job_pgids())
+        publish(self.redis, snap)
+        return snap
+
+    def _ensure_workers(self) -> None:
+        for slot, process in enumerate(self.workers):
+            if process is None or process.poll() is not None:
+                if process is not None:
+                    log.warning("worker slot %d exited with %s; restarting it", slot, process.returncode)
+                self.workers[slot] = subprocess.Popen(
+                    [sys.executable, "-m", "worker.rq_worker", self.settings.node, str(slot)]
+                )
+
+    def run(self) -> None:
+        log.info(
+            "node %s: %d GPU(s), %d slot(s)",
+            self.settings.node,
+            len(self.backend.gpus()),
+            self.settings.slots,
+        )
+        try:
+            while not self.stop.is_set():
+                self._ensure_workers()
+                try:
+                    self.publish_once()
+                except Exception:  # a Redis blip must not take the node down
+                    log.exception("could not publish the GPU snapshot")
+                self.stop.wait(SNAPSHOT_INTERVAL_S)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the workers and their supervisors (RQ's second SIGTERM is a cold shutdown that kills the
+        work horse), then end the jobs' process groups: the scheduler finds those jobs lost and retries
+        them as their max_retries allow."""
+        withdraw(self.redis, self.settings.node)
+        live = [p for p in self.workers if p is not None and p.poll() is None]
+        for _ in range(2):
+            for process in live:
+                process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        for pgid in self.job_pgids():
+            signal_group(pgid, signal.SIGKILL)
+        self.redis.delete(NODE_PGIDS_KEY.format(node=self.settings.node))
+        for process in live:
+            try:
+                process.wait(timeout=self.settings.cancel_grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,214 @@
+"""The RQ task: run one attempt of a job, supervise it, record how it ended."""
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Update, select, update
+
+from app.config import Settings
+from app.constants import NODE_PGIDS_KEY, RUN_HEARTBEAT_KEY, RUN_HEARTBEAT_TTL_S
+from app.db.models import Job, Run
+from app.db.session import transaction
+from app.enums import FailureReason, JobStatus
+from app.services import models, transitions
+from worker import metrics
+from worker.context import WorkerContext
+from worker.launcher import LaunchError, LaunchSpec, launch, signal_group, stop_group
+from worker.outcome import Stopped, classify, read_tail
+
+log = logging.getLogger(__name__)
+
+
+def run_job(job_id: int, attempt: int) -> str:
+    """RQ entry point: the message carries ids only; everything else is read from SQL."""
+    context = WorkerContext.create(Settings())
+    try:
+        return execute(context, job_id, attempt)
+    finally:
+        context.close()
+
+
+@dataclass
+class Attempt:
+    job_id: int
+    attempt: int
+    vram_mb: int
+    time_limit_s: int | None
+    dir: Path
+    peak_mb: int = 0
+    stopped: Stopped | None = None
+    metrics: metrics.MetricsTail = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = metrics.MetricsTail(self.output_dir / "metrics.jsonl")
+
+    @property
+    def output_dir(self) -> Path:
+        return self.dir / "output"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log.txt"
+
+
+def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
+    with transaction(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status is not JobStatus.DISPATCHED or job.attempt != attempt_no:
+            return "skipped: no longer dispatched"
+        spec = _launch_spec(ctx, job)
+    attempt = Attempt(job_id, attempt_no, job.vram_mb, job.time_limit_s, spec.output_dir.parent)
+    try:
+        process = launch(spec, dict(os.environ))
+    except LaunchError as exc:
+        with spec.log_path.open("a") as handle:
+            handle.write(f"[vramq] launch error: {exc}\n")
+        with transaction(ctx.sessions) as session:
+            session.execute(_run_paths(job_id, attempt_no, spec.log_path, spec.output_dir))
+            transitions.finish(
+                session,
+                job,
+                attempt_no,
+                JobStatus.FAILED,
+                reason=FailureReason.LAUNCH_ERROR,
+                sources=(JobStatus.DISPATCHED,),
+            )
+        return "launch_error"
+
+    pgid = process.pid
+    pgids_key = NODE_PGIDS_KEY.format(node=ctx.settings.node)
+    ctx.redis.hset(pgids_key, str(pgid), str(job_id))
+    _heartbeat(ctx, attempt)
+    try:
+        with transaction(ctx.sessions) as session:
+            started = transitions.start(
+                session,
+                job_id,
+                attempt_no,
+                pid=pgid,
+                log_path=str(spec.log_path),
+                output_dir=str(spec.output_dir),
+            )
+        if not started:  # cancelled between dispatch and start
+            stop_group(process, ctx.settings.cancel_grace_s)
+            return "skipped: cancelled before start"
+        _supervise(ctx, process, attempt)
+        signal_group(pgid, signal.SIGKILL)  # children the job left behind
+        return _record_end(ctx, job, attempt, process.returncode)
+    finally:
+        ctx.redis.hdel(pgids_key, str(pgid))
+        ctx.redis.delete(RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no))
+
+
+def _launch_spec(ctx: WorkerContext, job: Job) -> LaunchSpec:
+    indices = list(job.gpu_indices or [])
+    totals = {gpu.index: gpu.total_mb for gpu in ctx.backend.gpus()}
+    attempt_dir = ctx.settings.jobs_dir / str(job.id) / f"attempt-{job.attempt}"
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    return LaunchSpec(
+        job_id=job.id,
+        attempt=job.attempt,
+        command=list(job.command),
+        env=dict(job.env),
+        workdir=Path(job.workdir) if job.workdir else None,
+        output_dir=attempt_dir / "output",
+        log_path=attempt_dir / "log.txt",
+        vram_mb=job.vram_mb,
+        gpu_indices=indices,
+        gpu_total_mb=min((totals.get(i, 0) for i in indices), default=0),
+        overhead_mb=ctx.settings.overhead_mb,
+        simulator_dir=ctx.settings.simulator_dir if ctx.backend.simulated else None,
+        base_dir=ctx.base_dir,
+    )
+
+
+def _run_paths(job_id: int, attempt: int, log_path: Path, output_dir: Path) -> Update:
+    return (
+        update(Run)
+        .where(Run.job_id == job_id, Run.attempt == attempt)
+        .values(log_path=str(log_path), output_dir=str(output_dir))
+    )
+
+
+def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
+    key = RUN_HEARTBEAT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)
+    ctx.redis.set(key, ctx.settings.node, px=int(RUN_HEARTBEAT_TTL_S * 1000))
+
+
+def _group_usage_mb(ctx: WorkerContext, pgid: int) -> int:
+    """The most memory the job's process group holds on any one of its GPUs."""
+    per_gpu: dict[int, int] = {}
+    for process in ctx.backend.processes():
+        try:
+            if os.getpgid(process.pid) != pgid:
+                continue
+        except ProcessLookupError:
+            continue
+        per_gpu[process.gpu_index] = per_gpu.get(process.gpu_index, 0) + process.used_mb
+    return max(per_gpu.values(), default=0)
+
+
+def _cancel_requested(ctx: WorkerContext, job_id: int) -> bool:
+    with ctx.sessions() as session:
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: Attempt) -> None:
+    """Wait for the process while enforcing cancel, time limit and the memory cap; follow its metrics."""
+    settings = ctx.settings
+    deadline = time.monotonic() + attempt.time_limit_s if attempt.time_limit_s else None
+    while True:
+        try:
+            process.wait(timeout=settings.sample_interval_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        _heartbeat(ctx, attempt)
+        _ingest_metrics(ctx, attempt)
+        attempt.peak_mb = max(attempt.peak_mb, _group_usage_mb(ctx, process.pid))
+        if attempt.peak_mb > attempt.vram_mb + settings.cap_tolerance_mb:
+            attempt.stopped = Stopped.CAP_EXCEEDED
+        elif deadline is not None and time.monotonic() >= deadline:
+            attempt.stopped = Stopped.TIMEOUT
+        elif _cancel_requested(ctx, attempt.job_id):
+            attempt.stopped = Stopped.CANCELLED
+        if attempt.stopped is not None:
+            with attempt.log_path.open("a") as handle:
+                handle.write(f"[vramq] stopping the job: {attempt.stopped}\n")
+            stop_group(process, settings.cancel_grace_s)
+            return
+
+
+def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:
+    figures = attempt.metrics.read_new()
+    if figures:
+        with transaction(ctx.sessions) as session:
+            metrics.record(session, attempt.job_id, attempt.attempt, figures)
+
+
+def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) -> str:
+    _ingest_metrics(ctx, attempt)
+    status, reason = classify(exit_code, read_tail(attempt.log_path), attempt.stopped)
+    with transaction(ctx.sessions) as session:
+        reached = transitions.finish(
+            session,
+            job,
+            attempt.attempt,
+            status,
+            reason=reason,
+            exit_code=exit_code,
+            peak_vram_mb=attempt.peak_mb or None,
+        )
+        if reached is JobStatus.SUCCEEDED:
+            final = metrics.last_epoch(session, job.id, attempt.attempt)
+            for name, path in models.model_artifacts(attempt.output_dir / "models"):
+                models.register(session, name=name, path=path, job_id=job.id, attempt=attempt.attempt, metrics=final)
+    if reached is None:
+        log.warning("job %s attempt %s ended after it was declared lost", job.id, attempt.attempt)
+        return "ignored: attempt already ended"
+    return f"{status}" + (f" ({reason})" if reason else "")
