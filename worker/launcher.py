@@ -111,7 +111,7 @@ def launch(spec: LaunchSpec, inherited: dict[str, str]) -> subprocess.Popen[byte
             raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> bool:
+def signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to the whole process group; False when the group is gone."""
     try:
         os.killpg(pgid, sig)
@@ -121,7 +121,7 @@ def signal_group(pgid: int, sig: signal.Signals) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    return signal_group(pgid, signal.Signals(0))
+    return signal_group(pgid, 0)
 
 
 def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:

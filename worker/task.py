@@ -42,10 +42,10 @@ class Attempt:
     dir: Path
     peak_mb: int = 0
     stopped: Stopped | None = None
-    metrics: metrics.MetricsTail = field(init=False)
+    tail: metrics.MetricsTail = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = metrics.MetricsTail(self.output_dir / "metrics.jsonl")
+        self.tail = metrics.MetricsTail(self.output_dir / "metrics.jsonl")
 
     @property
     def output_dir(self) -> Path:
@@ -185,7 +185,7 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
 
 
 def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:
-    figures = attempt.metrics.read_new()
+    figures = attempt.tail.read_new()
     if figures:
         with transaction(ctx.sessions) as session:
             metrics.record(session, attempt.job_id, attempt.attempt, figures)

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.enums import FailureReason, JobStatus
@@ -28,6 +28,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def str_enum(enum: type) -> Enum:
+    """Stored as its value in a VARCHAR(16) (no native enum type to migrate), read back as the enum."""
+    return Enum(enum, native_enum=False, length=16, values_callable=lambda members: [m.value for m in members])
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -49,8 +54,8 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    status: Mapped[JobStatus] = mapped_column(String(16), default=JobStatus.QUEUED)
-    failure_reason: Mapped[FailureReason | None] = mapped_column(String(16))
+    status: Mapped[JobStatus] = mapped_column(str_enum(JobStatus), default=JobStatus.QUEUED)
+    failure_reason: Mapped[FailureReason | None] = mapped_column(str_enum(FailureReason))
     exit_code: Mapped[int | None]
     command: Mapped[list[Any]]
     workdir: Mapped[str | None] = mapped_column(Text)
@@ -87,8 +92,8 @@ class Run(Base):
     vram_mb: Mapped[int]
     pid: Mapped[int | None]
     exit_code: Mapped[int | None]
-    outcome: Mapped[str | None] = mapped_column(String(16))
-    failure_reason: Mapped[FailureReason | None] = mapped_column(String(16))
+    outcome: Mapped[JobStatus | None] = mapped_column(str_enum(JobStatus))
+    failure_reason: Mapped[FailureReason | None] = mapped_column(str_enum(FailureReason))
     peak_vram_mb: Mapped[int | None]
     log_path: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)

@@ -130,6 +130,7 @@ class Scheduler:
         alive = {snap.node for snap in nodes}
         now = utcnow()
         grace = timedelta(seconds=RUN_HEARTBEAT_TTL_S)
+        reenqueue_after = timedelta(seconds=REENQUEUE_AFTER_S)
         with self.sessions() as session:
             active = session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
         for job in active:
@@ -140,10 +141,12 @@ class Scheduler:
                     self._lose(job, "its worker stopped sending heartbeats")
             elif job.node not in alive and now - since > grace:
                 self._lose(job, f"node {job.node} is gone")
-            elif now - since > timedelta(seconds=REENQUEUE_AFTER_S) and job.node is not None:
-                if not RqJob.exists(rq_job_id(job.id, job.attempt), connection=self.redis):
-                    log.warning("job %s: its queue message is missing; enqueueing it again", job.id)
-                    self._enqueue(job.node, job.id, job.attempt)
+            elif now - since > reenqueue_after and not self._message_exists(job):
+                log.warning("job %s: its queue message is missing; enqueueing it again", job.id)
+                self._enqueue(job.node or "", job.id, job.attempt)
+
+    def _message_exists(self, job: Job) -> bool:
+        return bool(RqJob.exists(rq_job_id(job.id, job.attempt), connection=self.redis))
 
     def _lose(self, job: Job, why: str) -> None:
         with transaction(self.sessions) as session:

@@ -114,6 +114,7 @@ def finish(
             "finished_at": now,
         }
         reached = target
+    sources = tuple(source for source in sources if reached in ALLOWED[source])
     moved = move(session, job.id, sources, reached, at_attempt=attempt, **values)
     if not moved:
         return None

@@ -1,0 +1,243 @@
+"""A real node agent, real RQ workers, real job processes, on simulated GPUs."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db.models import ModelVersion, Run
+from app.enums import FailureReason, JobStatus
+from app.services.models import file_sha256
+from tests.conftest import Cluster
+
+
+def submit(client: TestClient, auth: dict[str, str], **body: object) -> dict:
+    response = client.post("/api/v1/jobs", json={"vram_mb": 1000, **body}, headers=auth)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def py(code: str) -> list[str]:
+    return ["python", "-c", code]
+
+
+def test_job_runs_with_the_job_environment(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    keys = ["VRAMQ_JOB_ID", "VRAMQ_ATTEMPT", "VRAMQ_VRAM_MB", "VRAMQ_OUTPUT_DIR", "CUDA_VISIBLE_DEVICES",
+            "TF_FORCE_GPU_ALLOW_GROWTH", "VRAMQ_TF_MEMORY_LIMIT_MB", "MY_VAR"]
+    code = f"import os, json; print(json.dumps({{k: os.environ.get(k) for k in {keys!r}}}))"
+    job = submit(client, auth, command=py(code), vram_mb=3000, env={"MY_VAR": "x"})
+
+    done = cluster.wait(job["id"])
+
+    assert done.status is JobStatus.SUCCEEDED, client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text
+    seen = json.loads(client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text.strip().splitlines()[-1])
+    assert seen["VRAMQ_JOB_ID"] == str(job["id"])
+    assert seen["VRAMQ_ATTEMPT"] == "1"
+    assert seen["VRAMQ_VRAM_MB"] == "3000"
+    assert seen["CUDA_VISIBLE_DEVICES"] == "0"
+    assert seen["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert seen["VRAMQ_TF_MEMORY_LIMIT_MB"] == "2500"  # request less the 500 MB overhead of the test settings
+    assert seen["MY_VAR"] == "x"
+    assert Path(seen["VRAMQ_OUTPUT_DIR"]).is_dir()
+    body = client.get(f"/api/v1/jobs/{job['id']}", headers=auth).json()
+    assert body["status"] == "succeeded" and body["exit_code"] == 0 and body["node"] == "node-a"
+
+
+def test_jobs_too_big_to_share_never_run_together(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    jobs = [submit(client, auth, command=["sleep", "0.5"], vram_mb=5000) for _ in range(3)]
+
+    for job in jobs:
+        assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+    with cluster.sessions() as session:
+        runs = sorted(session.scalars(select(Run)).all(), key=lambda run: run.started_at)
+    assert len(runs) == 3
+    for earlier, later in zip(runs, runs[1:], strict=False):
+        assert earlier.released_at <= later.reserved_at  # one 5000 MB reservation on the 8 GiB GPU at a time
+        assert earlier.finished_at <= later.started_at
+
+
+def test_cancel_stops_the_whole_process_group(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    # The job starts a grandchild that ignores nothing and sleeps: cancel must reach it too.
+    job = submit(client, auth, command=["sh", "-c", "sleep 300 & echo child $!; wait"])
+    cluster.wait(job["id"], {JobStatus.RUNNING})
+    time.sleep(0.5)
+    runs = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
+    pgid = runs[0]["pid"]
+
+    started = time.monotonic()
+    response = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert response.status_code == 202
+    done = cluster.wait(job["id"], timeout=10)
+
+    assert done.status is JobStatus.CANCELLED
+    assert time.monotonic() - started < 10
+    try:
+        os.killpg(pgid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the job's process group outlived the cancel"
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth).json()["error"]["code"] == "job_finished"
+
+
+def test_queued_job_is_cancelled_at_once(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    blocker = submit(client, auth, command=["sleep", "30"], vram_mb=8000)
+    waiting = submit(client, auth, command=["true"], vram_mb=8000)
+    cluster.wait(blocker["id"], {JobStatus.RUNNING})
+
+    cancelled = client.post(f"/api/v1/jobs/{waiting['id']}/cancel", headers=auth).json()
+
+    assert cancelled["status"] == "cancelled"
+    client.post(f"/api/v1/jobs/{blocker['id']}/cancel", headers=auth)
+    assert cluster.wait(blocker["id"]).status is JobStatus.CANCELLED
+
+
+def test_time_limit_ends_the_job_as_timeout(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    job = submit(client, auth, command=["sleep", "60"], time_limit_s=1)
+
+    done = cluster.wait(job["id"], timeout=20)
+
+    assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.TIMEOUT)
+
+
+def test_watchdog_kills_a_job_past_its_reservation(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    code = "import time, vramq_sim; vramq_sim.use(1500); time.sleep(30)"
+    job = submit(client, auth, command=py(code), vram_mb=1000)
+
+    done = cluster.wait(job["id"], timeout=20)
+
+    assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.CAP_EXCEEDED)
+    assert done.peak_vram_mb == 1500
+
+
+def test_peak_vram_is_recorded(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    job = submit(client, auth, command=py("import time, vramq_sim; vramq_sim.use(700); time.sleep(1)"))
+
+    done = cluster.wait(job["id"])
+
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.peak_vram_mb == 700
+    assert client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()[0]["peak_vram_mb"] == 700
+
+
+def test_oom_is_classified_and_retried(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    code = (
+        "import os, sys\n"
+        "if os.environ['VRAMQ_ATTEMPT'] == '1':\n"
+        "    sys.exit('tensorflow.python.framework.errors_impl.ResourceExhaustedError: OOM when allocating tensor')\n"
+        "print('second attempt fine')\n"
+    )
+    job = submit(client, auth, command=py(code), max_retries=1)
+
+    done = cluster.wait(job["id"])
+
+    assert done.status is JobStatus.SUCCEEDED and done.attempt == 2
+    runs = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
+    assert [(r["attempt"], r["outcome"], r["failure_reason"]) for r in runs] == [
+        (1, "failed", "oom"),
+        (2, "succeeded", None),
+    ]
+    assert "second attempt fine" in client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text
+    first = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
+    assert "ResourceExhaustedError" in first
+
+
+def test_failure_without_retries_is_final(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    job = submit(client, auth, command=["sh", "-c", "echo broken >&2; exit 3"])
+
+    done = cluster.wait(job["id"])
+
+    assert (done.status, done.failure_reason, done.exit_code) == (JobStatus.FAILED, FailureReason.ERROR, 3)
+    assert "broken" in client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text
+
+
+def test_bad_command_is_a_launch_error(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    missing = submit(client, auth, command=["no-such-program-vramq"], max_retries=3)
+    bad_dir = submit(client, auth, command=["true"], workdir="/no/such/dir")
+
+    for job in (missing, bad_dir):
+        done = cluster.wait(job["id"])
+        assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.LAUNCH_ERROR)
+        assert done.attempt == 1  # another attempt could not fix it
+    assert "no-such-program-vramq" in client.get(f"/api/v1/jobs/{missing['id']}/logs", headers=auth).text
+
+
+def test_metrics_and_models_are_recorded(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    code = (
+        "import json, os, pathlib, time\n"
+        "out = pathlib.Path(os.environ['VRAMQ_OUTPUT_DIR'])\n"
+        "(out / 'models').mkdir()\n"
+        "with open(out / 'metrics.jsonl', 'a') as f:\n"
+        "    for epoch in range(3):\n"
+        "        f.write(json.dumps({'epoch': epoch, 'loss': 1.0 / (epoch + 1), 'accuracy': 0.5 + epoch / 10}) + '\\n')\n"
+        "        f.flush(); time.sleep(0.3)\n"
+        "(out / 'models' / 'tiny.keras').write_bytes(b'weights' * 100)\n"
+    )
+    job = submit(client, auth, command=py(code))
+
+    assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+
+    metrics = client.get(f"/api/v1/jobs/{job['id']}/metrics", headers=auth).json()
+    assert [(m["epoch"], m["name"]) for m in metrics if m["name"] == "loss"] == [(0, "loss"), (1, "loss"), (2, "loss")]
+    assert {"attempt", "epoch", "name", "value", "time"} <= set(metrics[0])
+    assert client.get("/api/v1/models", headers=auth).json() == [{"name": "tiny", "latest_version": 1}]
+    [version] = client.get("/api/v1/models/tiny/versions", headers=auth).json()
+    assert version["job_id"] == job["id"] and version["size_bytes"] == 700
+    assert version["sha256"] == file_sha256(Path(version["path"]))
+    assert version["metrics"]["loss"] == 1.0 / 3
+    artifact = client.get("/api/v1/models/tiny/versions/1/artifact", headers=auth)
+    assert artifact.content == b"weights" * 100
+
+
+def test_foreign_memory_holds_jobs_back(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    import subprocess
+
+    from worker.gpu.simulated import SimulatedBackend
+
+    notebook = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        SimulatedBackend([8192], cluster.settings.simulator_dir).hold(notebook.pid, 0, 6000)
+        time.sleep(1.5)  # a snapshot that sees it
+        [gpu] = client.get("/api/v1/gpus", headers=auth).json()
+        assert gpu["foreign_mb"] == 6000 and gpu["available_mb"] == 8192 - 6000
+        job = submit(client, auth, command=["true"], vram_mb=5000)
+        time.sleep(1.5)
+        assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth).json()["status"] == "queued"
+    finally:
+        notebook.kill()
+        notebook.wait()
+    assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+
+
+def test_dead_node_makes_its_job_lost(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    job = submit(client, auth, command=["sleep", "60"])
+    cluster.wait(job["id"], {JobStatus.RUNNING})
+    [node] = cluster.nodes
+    # Kill the agent, its workers and the job: the node vanishes as a crashed machine would.
+    subprocess_group_kill(node.pid)
+
+    done = cluster.wait(job["id"], timeout=40)
+
+    assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)
+    with cluster.sessions() as session:
+        [run] = session.scalars(select(Run).where(Run.job_id == job["id"])).all()
+        assert run.released_at is not None
+
+
+def subprocess_group_kill(pid: int) -> None:
+    import psutil
+
+    parent = psutil.Process(pid)
+    for process in [parent, *parent.children(recursive=True)]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
