@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db.models import ModelVersion, Run
+from app.db.models import Run
 from app.enums import FailureReason, JobStatus
 from app.services.models import file_sha256
 from tests.conftest import Cluster
@@ -26,8 +26,16 @@ def py(code: str) -> list[str]:
 
 
 def test_job_runs_with_the_job_environment(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
-    keys = ["VRAMQ_JOB_ID", "VRAMQ_ATTEMPT", "VRAMQ_VRAM_MB", "VRAMQ_OUTPUT_DIR", "CUDA_VISIBLE_DEVICES",
-            "TF_FORCE_GPU_ALLOW_GROWTH", "VRAMQ_TF_MEMORY_LIMIT_MB", "MY_VAR"]
+    keys = [
+        "VRAMQ_JOB_ID",
+        "VRAMQ_ATTEMPT",
+        "VRAMQ_VRAM_MB",
+        "VRAMQ_OUTPUT_DIR",
+        "CUDA_VISIBLE_DEVICES",
+        "TF_FORCE_GPU_ALLOW_GROWTH",
+        "VRAMQ_TF_MEMORY_LIMIT_MB",
+        "MY_VAR",
+    ]
     code = f"import os, json; print(json.dumps({{k: os.environ.get(k) for k in {keys!r}}}))"
     job = submit(client, auth, command=py(code), vram_mb=3000, env={"MY_VAR": "x"})
 
@@ -47,9 +55,7 @@ def test_job_runs_with_the_job_environment(cluster: Cluster, client: TestClient,
     assert body["status"] == "succeeded" and body["exit_code"] == 0 and body["node"] == "node-a"
 
 
-def test_jobs_too_big_to_share_never_run_together(
-    cluster: Cluster, client: TestClient, auth: dict[str, str]
-) -> None:
+def test_jobs_too_big_to_share_never_run_together(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
     jobs = [submit(client, auth, command=["sleep", "0.5"], vram_mb=5000) for _ in range(3)]
 
     for job in jobs:
@@ -106,9 +112,7 @@ def test_time_limit_ends_the_job_as_timeout(cluster: Cluster, client: TestClient
     assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.TIMEOUT)
 
 
-def test_watchdog_kills_a_job_past_its_reservation(
-    cluster: Cluster, client: TestClient, auth: dict[str, str]
-) -> None:
+def test_watchdog_kills_a_job_past_its_reservation(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
     code = "import time, vramq_sim; vramq_sim.use(1500); time.sleep(30)"
     job = submit(client, auth, command=py(code), vram_mb=1000)
 

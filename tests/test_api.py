@@ -1,0 +1,214 @@
+"""REST API v1: auth, validation, errors and the read endpoints (DESIGN section 4)."""
+
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import Job, User
+from app.services.nodes import GpuSnapshot, NodeSnapshot, publish
+
+
+def publish_node(redis: Redis, node: str = "node-a", sizes: tuple[int, ...] = (8192,), foreign: int = 0) -> None:
+    gpus = [
+        GpuSnapshot(
+            index=i,
+            uuid=f"GPU-{node}-{i}",
+            name="Test GPU",
+            total_mb=size,
+            used_mb=foreign,
+            free_mb=size - foreign,
+            foreign_mb=foreign,
+        )
+        for i, size in enumerate(sizes)
+    ]
+    publish(redis, NodeSnapshot(node=node, time=time.time(), slots=4, simulated=True, gpus=gpus))
+
+
+def count_jobs(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["sql"] == "ok" and ready.json()["redis"] == "ok"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic abc"])
+def test_endpoints_need_a_valid_token(client: TestClient, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = client.get("/api/v1/jobs", headers=headers)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_submit_returns_the_job(client: TestClient, auth: dict[str, str], redis: Redis) -> None:
+    publish_node(redis)
+    response = client.post(
+        "/api/v1/jobs",
+        json={"command": ["python", "train.py"], "vram_mb": 4000, "name": "first", "env": {"A": "1"}},
+        headers=auth,
+    )
+
+    assert response.status_code == 201
+    job = response.json()
+    assert job["status"] == "queued" and job["user"] == "alice" and job["attempt"] == 1
+    assert job["command"] == ["python", "train.py"] and job["env"] == {"A": "1"} and job["gpus"] == 1
+    assert job["created_at"].endswith(("Z", "+00:00"))
+    assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth).json() == job
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"command": [], "vram_mb": 100},
+        {"command": [""], "vram_mb": 100},
+        {"command": "python train.py", "vram_mb": 100},
+        {"command": ["true"], "vram_mb": 0},
+        {"command": ["true"], "vram_mb": -5},
+        {"command": ["true"], "vram_mb": "lots"},
+        {"command": ["true"], "vram_mb": 1.5},
+        {"command": ["true"]},
+        {"vram_mb": 100},
+        {"command": ["true"], "vram_mb": 100, "colour": "blue"},
+        {"command": ["true"], "vram_mb": 100, "gpus": 0},
+        {"command": ["true"], "vram_mb": 100, "time_limit_s": 0},
+        {"command": ["true"], "vram_mb": 100, "max_retries": -1},
+        {"command": ["true"], "vram_mb": 100, "workdir": "relative/dir"},
+        {"command": ["true"], "vram_mb": 100, "env": {"A": 1}},
+        {"command": ["true"], "vram_mb": 100, "env": {"A=B": "x"}},
+    ],
+)
+def test_bad_submissions_are_refused_and_change_nothing(
+    client: TestClient, auth: dict[str, str], sessions: sessionmaker[Session], body: dict
+) -> None:
+    response = client.post("/api/v1/jobs", json=body, headers=auth)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and error["message"]
+    assert count_jobs(sessions) == 0
+
+
+def test_malformed_json_is_a_clear_422(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.post("/api/v1/jobs", content=b"{not json", headers={**auth, "Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_request_larger_than_any_gpu_is_unsatisfiable(
+    client: TestClient, auth: dict[str, str], redis: Redis, sessions: sessionmaker[Session]
+) -> None:
+    publish_node(redis, sizes=(8192,))
+
+    too_big = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 9000}, headers=auth)
+    too_many = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 100, "gpus": 2}, headers=auth)
+
+    assert too_big.status_code == 422 and too_big.json()["error"]["code"] == "vram_unsatisfiable"
+    assert "9000" in too_big.json()["error"]["message"]
+    assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "vram_unsatisfiable"
+    assert count_jobs(sessions) == 0
+
+
+def test_unsatisfiable_counts_the_largest_of_several_nodes(
+    client: TestClient, auth: dict[str, str], redis: Redis
+) -> None:
+    publish_node(redis, "small", sizes=(8192, 8192))
+    publish_node(redis, "large", sizes=(24576,))
+
+    fits_large = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 20000}, headers=auth)
+    two_small = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 8000, "gpus": 2}, headers=auth)
+    two_large = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 9000, "gpus": 2}, headers=auth)
+
+    assert fits_large.status_code == 201
+    assert two_small.status_code == 201
+    assert two_large.json()["error"]["code"] == "vram_unsatisfiable"
+
+
+def test_list_is_newest_first_with_filters_and_cursor(
+    client: TestClient, auth: dict[str, str], make_user: Callable[..., tuple[User, str]]
+) -> None:
+    _, bob_token = make_user("bob")
+    bob = {"Authorization": f"Bearer {bob_token}"}
+    ids = [
+        client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 10}, headers=auth).json()["id"]
+        for _ in range(5)
+    ]
+    bobs = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 10}, headers=bob).json()["id"]
+    client.post(f"/api/v1/jobs/{ids[0]}/cancel", headers=auth)
+
+    first = client.get("/api/v1/jobs?limit=4", headers=auth)
+    second = client.get(f"/api/v1/jobs?limit=4&cursor={first.headers['X-Next-Cursor']}", headers=auth)
+
+    assert [j["id"] for j in first.json()] == [bobs, ids[4], ids[3], ids[2]]
+    assert [j["id"] for j in second.json()] == [ids[1], ids[0]]
+    assert "X-Next-Cursor" not in second.headers
+    assert [j["id"] for j in client.get("/api/v1/jobs?user=bob", headers=auth).json()] == [bobs]
+    assert [j["id"] for j in client.get("/api/v1/jobs?status=cancelled", headers=auth).json()] == [ids[0]]
+    assert client.get("/api/v1/jobs?status=bogus", headers=auth).status_code == 422
+
+
+def test_unknown_things_are_404_with_a_code(client: TestClient, auth: dict[str, str]) -> None:
+    for path, code in [
+        ("/api/v1/jobs/999", "job_not_found"),
+        ("/api/v1/jobs/999/runs", "job_not_found"),
+        ("/api/v1/jobs/999/logs", "job_not_found"),
+        ("/api/v1/models/nope/versions", "model_not_found"),
+        ("/api/v1/models/nope/versions/1/artifact", "model_not_found"),
+        ("/api/v1/nothing-here", "not_found"),
+    ]:
+        response = client.get(path, headers=auth)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == code, path
+
+
+def test_logs_of_a_queued_job_are_empty_and_of_a_missing_attempt_404(client: TestClient, auth: dict[str, str]) -> None:
+    job = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 10}, headers=auth).json()
+
+    assert client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text == ""
+    missing = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=2", headers=auth)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "run_not_found"
+
+
+def test_only_admins_create_users(
+    client: TestClient, auth: dict[str, str], make_user: Callable[..., tuple[User, str]]
+) -> None:
+    _, admin_token = make_user("root", admin=True)
+    admin = {"Authorization": f"Bearer {admin_token}"}
+
+    refused = client.post("/api/v1/users", json={"name": "carol"}, headers=auth)
+    created = client.post("/api/v1/users", json={"name": "carol"}, headers=admin)
+    again = client.post("/api/v1/users", json={"name": "carol"}, headers=admin)
+
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert created.status_code == 201 and created.json()["name"] == "carol" and created.json()["admin"] is False
+    carol = {"Authorization": f"Bearer {created.json()['token']}"}
+    assert client.get("/api/v1/jobs", headers=carol).status_code == 200
+    assert again.status_code == 409 and again.json()["error"]["code"] == "user_exists"
+
+
+def test_tokens_are_stored_hashed(make_user: Callable[..., tuple[User, str]], sessions: sessionmaker[Session]) -> None:
+    user, token = make_user("dave")
+
+    with sessions() as session:
+        stored = session.get(User, user.id)
+        assert stored is not None and token not in stored.token_hash
+
+
+def test_gpus_show_reservations_and_foreign_memory(client: TestClient, auth: dict[str, str], redis: Redis) -> None:
+    publish_node(redis, sizes=(8192, 16384), foreign=1000)
+
+    gpus = client.get("/api/v1/gpus", headers=auth).json()
+
+    assert [
+        (g["node"], g["index"], g["total_mb"], g["foreign_mb"], g["reserved_mb"], g["available_mb"]) for g in gpus
+    ] == [("node-a", 0, 8192, 1000, 0, 7192), ("node-a", 1, 16384, 1000, 0, 15384)]
+    assert set(gpus[0]) >= {"uuid", "name", "used_mb", "free_mb", "simulated", "jobs"}

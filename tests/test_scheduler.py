@@ -1,0 +1,184 @@
+"""Transitions, the ledger and the dispatch loop against real SQL and Redis (no node processes)."""
+
+from datetime import timedelta
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.constants import RUN_HEARTBEAT_KEY, node_queue
+from app.db.models import Job, Run, utcnow
+from app.db.session import transaction
+from app.enums import FailureReason, JobStatus
+from app.errors import IllegalTransition
+from app.scheduler.loop import LeaderLock, Scheduler
+from app.services import transitions
+from tests.factories import make_job
+from tests.test_api import publish_node
+
+
+def reload(sessions: sessionmaker[Session], job_id: int) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_illegal_transitions_are_refused(sessions: sessionmaker[Session]) -> None:
+    job = make_job(sessions)
+    with transaction(sessions) as session, pytest.raises(IllegalTransition):
+        transitions.move(session, job.id, [JobStatus.QUEUED], JobStatus.SUCCEEDED)
+    with transaction(sessions) as session, pytest.raises(IllegalTransition):
+        transitions.move(session, job.id, [JobStatus.SUCCEEDED], JobStatus.QUEUED)
+
+
+def test_an_attempt_ends_and_releases_exactly_once(sessions: sessionmaker[Session]) -> None:
+    job = make_job(sessions)
+    with transaction(sessions) as session:
+        assert transitions.dispatch(session, job, "node-a", [0])
+    with transaction(sessions) as session:
+        assert transitions.start(session, job.id, 1, pid=123, log_path="/l", output_dir="/o")
+
+    with transaction(sessions) as session:
+        first = transitions.finish(session, job, 1, JobStatus.SUCCEEDED, exit_code=0)
+    with transaction(sessions) as session:
+        second = transitions.finish(session, job, 1, JobStatus.FAILED, reason=FailureReason.LOST)
+
+    assert (first, second) == (JobStatus.SUCCEEDED, None)
+    assert reload(sessions, job.id).status is JobStatus.SUCCEEDED
+    with sessions() as session:
+        [run] = session.scalars(select(Run)).all()
+        assert run.outcome is JobStatus.SUCCEEDED and run.released_at is not None
+
+
+def test_a_failure_with_retries_left_is_queued_again(sessions: sessionmaker[Session]) -> None:
+    job = make_job(sessions, max_retries=1)
+    for attempt in (1, 2):
+        with transaction(sessions) as session:
+            assert transitions.dispatch(session, reload(sessions, job.id), "node-a", [0])
+        with transaction(sessions) as session:
+            reached = transitions.finish(session, job, attempt, JobStatus.FAILED, reason=FailureReason.ERROR)
+        assert reached is (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)
+
+    final = reload(sessions, job.id)
+    assert (final.status, final.attempt, final.failure_reason) == (JobStatus.FAILED, 2, FailureReason.ERROR)
+
+
+def test_only_one_lock_holder_leads(redis: Redis) -> None:
+    first, second = LeaderLock(redis), LeaderLock(redis)
+
+    assert first.acquire_or_renew()
+    assert not second.acquire_or_renew()
+    assert first.acquire_or_renew()  # renewal
+    first.release()
+    assert second.acquire_or_renew()
+
+
+@pytest.fixture
+def scheduler(settings: Settings, sessions: sessionmaker[Session], redis: Redis) -> Scheduler:
+    return Scheduler(settings, sessions, redis)
+
+
+def test_dispatch_reserves_in_sql_and_enqueues_the_id(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    publish_node(redis, sizes=(8192,))
+    jobs = [make_job(sessions, vram_mb=5000) for _ in range(2)]
+
+    placements = scheduler.tick()
+
+    assert [p.job_id for p in placements] == [jobs[0].id]
+    assert reload(sessions, jobs[0].id).status is JobStatus.DISPATCHED
+    assert reload(sessions, jobs[1].id).status is JobStatus.QUEUED
+    [message] = Queue(node_queue("node-a"), connection=redis, serializer=JSONSerializer).get_jobs()
+    assert message.func_name == "worker.task.run_job" and message.args == [jobs[0].id, 1]
+    assert scheduler.tick() == []  # nothing more fits until the first is released
+
+
+def test_a_second_scheduler_does_not_dispatch(
+    settings: Settings, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    publish_node(redis)
+    make_job(sessions)
+    leader, follower = Scheduler(settings, sessions, redis), Scheduler(settings, sessions, redis)
+
+    assert len(leader.tick()) == 1
+    make_job(sessions)
+    assert follower.tick() == []
+
+
+def test_dispatch_respects_foreign_memory(scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis) -> None:
+    publish_node(redis, sizes=(8192,), foreign=4000)
+    job = make_job(sessions, vram_mb=5000)
+
+    assert scheduler.tick() == []
+    publish_node(redis, sizes=(8192,), foreign=0)
+    assert [p.job_id for p in scheduler.tick()] == [job.id]
+
+
+def test_running_job_without_heartbeat_is_lost_and_retried(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    publish_node(redis)
+    job = make_job(sessions, max_retries=1)
+    scheduler.tick()
+    with transaction(sessions) as session:
+        transitions.start(session, job.id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == job.id).values(started_at=utcnow() - timedelta(minutes=5)))
+
+    scheduler.tick()
+
+    requeued = reload(sessions, job.id)
+    assert (requeued.attempt, requeued.failure_reason) == (2, FailureReason.LOST)
+    assert requeued.status in (JobStatus.QUEUED, JobStatus.DISPATCHED)  # the same tick may dispatch it again
+
+
+def test_running_job_with_heartbeat_is_left_alone(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    publish_node(redis)
+    job = make_job(sessions)
+    scheduler.tick()
+    with transaction(sessions) as session:
+        transitions.start(session, job.id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == job.id).values(started_at=utcnow() - timedelta(minutes=5)))
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=job.id, attempt=1), "node-a", ex=10)
+
+    scheduler.tick()
+
+    assert reload(sessions, job.id).status is JobStatus.RUNNING
+
+
+def test_redis_losing_its_data_loses_no_job(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    publish_node(redis)
+    job = make_job(sessions)
+    scheduler.tick()
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job.id).values(dispatched_at=utcnow() - timedelta(minutes=1)))
+    redis.flushdb()  # Redis restarted without persistence
+    publish_node(redis)
+
+    scheduler.tick()
+
+    [message] = Queue(node_queue("node-a"), connection=redis, serializer=JSONSerializer).get_jobs()
+    assert message.args == [job.id, 1]
+
+
+def test_jobs_on_a_dead_node_are_lost(scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis) -> None:
+    publish_node(redis)
+    job = make_job(sessions)
+    scheduler.tick()
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job.id).values(dispatched_at=utcnow() - timedelta(minutes=1)))
+    redis.delete("vramq:node:node-a")
+
+    scheduler.tick()
+
+    gone = reload(sessions, job.id)
+    assert (gone.status, gone.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)
