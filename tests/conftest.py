@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
@@ -214,3 +215,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def api_url(settings: Settings) -> Iterator[str]:
+    port = free_port()
+    env = settings_env(settings.model_copy(update={"port": port}))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and server.poll() is None, "the API did not start"
+        time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)

@@ -1,5 +1,6 @@
 """A real node agent, real RQ workers, real job processes, on simulated GPUs."""
 
+import contextlib
 import json
 import os
 import sys
@@ -181,7 +182,8 @@ def test_metrics_and_models_are_recorded(cluster: Cluster, client: TestClient, a
         "(out / 'models').mkdir()\n"
         "with open(out / 'metrics.jsonl', 'a') as f:\n"
         "    for epoch in range(3):\n"
-        "        f.write(json.dumps({'epoch': epoch, 'loss': 1.0 / (epoch + 1), 'accuracy': 0.5 + epoch / 10}) + '\\n')\n"
+        "        row = {'epoch': epoch, 'loss': 1.0 / (epoch + 1), 'accuracy': 0.5 + epoch / 10}\n"
+        "        f.write(json.dumps(row) + '\\n')\n"
         "        f.flush(); time.sleep(0.3)\n"
         "(out / 'models' / 'tiny.keras').write_bytes(b'weights' * 100)\n"
     )
@@ -241,7 +243,5 @@ def subprocess_group_kill(pid: int) -> None:
 
     parent = psutil.Process(pid)
     for process in [parent, *parent.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-        except psutil.NoSuchProcess:
-            pass

@@ -1,0 +1,76 @@
+"""Invariant 1 under load: 200 submissions at once against a small simulated GPU, through a real API
+process, scheduler and node; the reservation history must never exceed the GPU."""
+
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db.models import Job, Run, User
+from app.enums import JobStatus
+from tests.conftest import Cluster
+
+GPU_MB = 2000
+JOBS = 200
+
+
+def test_simultaneous_submissions_never_over_commit(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis,  # noqa: ANN001
+    api_url: str,
+    make_user: Callable[..., tuple[User, str]],
+) -> None:
+    cluster = Cluster(settings, sessions, redis)
+    cluster.thread.start()
+    try:
+        cluster.start_node(gpus=f"1x{GPU_MB}MiB", slots=8)
+        _, token = make_user("load")
+        rng = random.Random(1)
+        sizes = [rng.randint(200, 1200) for _ in range(JOBS)]
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def submit(vram_mb: int) -> int:
+            body = {"command": ["sleep", "0.1"], "vram_mb": vram_mb}
+            response = httpx.post(f"{api_url}/api/v1/jobs", json=body, headers=headers, timeout=60)
+            assert response.status_code == 201, response.text
+            return int(response.json()["id"])
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            ids = list(pool.map(submit, sizes))
+        assert len(set(ids)) == JOBS
+
+        seen_reserved = []
+        deadline = time.monotonic() + 240
+        while True:
+            [gpu] = httpx.get(f"{api_url}/api/v1/gpus", headers=headers).json()
+            seen_reserved.append(gpu["reserved_mb"])
+            with sessions() as session:
+                open_jobs = session.scalar(
+                    select(Job.id).where(Job.status.not_in(["succeeded", "failed", "cancelled"])).limit(1)
+                )
+            if open_jobs is None:
+                break
+            assert time.monotonic() < deadline, "jobs did not finish in time"
+            time.sleep(0.2)
+    finally:
+        cluster.close()
+
+    with sessions() as session:
+        jobs = session.scalars(select(Job)).all()
+        runs = session.scalars(select(Run)).all()
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * JOBS
+    assert sorted(run.job_id for run in runs) == sorted(ids)  # one attempt each: exactly one terminal state
+    assert all(run.released_at is not None and run.gpu_indices == [0] for run in runs)
+    assert max(seen_reserved) <= GPU_MB and seen_reserved[-1] == 0
+    # Replay the reservation history: at every moment one began, the sum held must fit the GPU.
+    for run in runs:
+        held = sum(other.vram_mb for other in runs if other.reserved_at <= run.reserved_at < other.released_at)
+        assert held <= GPU_MB, f"over-committed at {run.reserved_at}: {held} MB reserved on a {GPU_MB} MB GPU"
+    most = max(sum(o.vram_mb for o in runs if o.reserved_at <= r.reserved_at < o.released_at) for r in runs)
+    assert most > GPU_MB // 2  # the GPU was really shared, not run one job at a time

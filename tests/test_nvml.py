@@ -1,0 +1,119 @@
+"""The NVML backend against a stand-in `pynvml` module (no NVIDIA driver here)."""
+
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from worker.gpu.base import GpuBackendError, GpuProcess
+from worker.gpu.nvml import NvmlBackend
+
+MIB = 1 << 20
+
+
+class NVMLError(Exception):
+    pass
+
+
+@dataclass
+class Memory:
+    total: int
+    used: int
+    free: int
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815 - NVML's name
+
+
+def fake_pynvml(*, fail_init: bool = False, fail_processes_on: int | None = None) -> types.ModuleType:
+    module = types.ModuleType("pynvml")
+    devices = [
+        {
+            "name": b"NVIDIA H100 80GB HBM3",
+            "uuid": "GPU-aaa",
+            "mem": Memory(81559 * MIB, 2000 * MIB, 79559 * MIB),
+            "compute": [ProcessInfo(100, 1500 * MIB), ProcessInfo(101, None)],
+            "graphics": [],
+        },
+        {
+            "name": "NVIDIA A10",
+            "uuid": "GPU-bbb",
+            "mem": Memory(23028 * MIB, 0, 23028 * MIB),
+            "compute": [],
+            "graphics": [ProcessInfo(200, 300 * MIB)],
+        },
+    ]
+
+    def init() -> None:
+        if fail_init:
+            raise NVMLError("NVML Shared Library Not Found")
+
+    def compute(handle: int) -> list[ProcessInfo]:
+        if handle == fail_processes_on:
+            raise NVMLError("Not Supported")
+        return devices[handle]["compute"]
+
+    module.NVMLError = NVMLError  # type: ignore[attr-defined]
+    module.nvmlInit = init  # type: ignore[attr-defined]
+    module.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
+    module.nvmlDeviceGetCount = lambda: len(devices)  # type: ignore[attr-defined]
+    module.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
+    module.nvmlDeviceGetMemoryInfo = lambda h: devices[h]["mem"]  # type: ignore[attr-defined]
+    module.nvmlDeviceGetName = lambda h: devices[h]["name"]  # type: ignore[attr-defined]
+    module.nvmlDeviceGetUUID = lambda h: devices[h]["uuid"]  # type: ignore[attr-defined]
+    module.nvmlDeviceGetComputeRunningProcesses = compute  # type: ignore[attr-defined]
+    module.nvmlDeviceGetGraphicsRunningProcesses = lambda h: devices[h]["graphics"]  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.fixture
+def install() -> Iterator:
+    saved = sys.modules.get("pynvml")
+
+    def put(module: types.ModuleType) -> None:
+        sys.modules["pynvml"] = module
+
+    yield put
+    if saved is None:
+        sys.modules.pop("pynvml", None)
+    else:
+        sys.modules["pynvml"] = saved
+
+
+def test_reads_every_gpu(install) -> None:  # noqa: ANN001
+    install(fake_pynvml())
+
+    gpus = NvmlBackend().gpus()
+
+    assert [(g.index, g.uuid, g.name, g.total_mb, g.used_mb, g.free_mb) for g in gpus] == [
+        (0, "GPU-aaa", "NVIDIA H100 80GB HBM3", 81559, 2000, 79559),
+        (1, "GPU-bbb", "NVIDIA A10", 23028, 0, 23028),
+    ]
+
+
+def test_processes_with_unknown_memory_count_zero(install) -> None:  # noqa: ANN001
+    install(fake_pynvml())
+
+    assert sorted(NvmlBackend().processes(), key=lambda p: p.pid) == [
+        GpuProcess(100, 0, 1500),
+        GpuProcess(101, 0, 0),
+        GpuProcess(200, 1, 300),
+    ]
+
+
+def test_missing_driver_is_a_clear_error(install) -> None:  # noqa: ANN001
+    install(fake_pynvml(fail_init=True))
+
+    with pytest.raises(GpuBackendError, match="NVML is not available"):
+        NvmlBackend()
+
+
+def test_a_failing_query_is_skipped_not_fatal(install) -> None:  # noqa: ANN001
+    install(fake_pynvml(fail_processes_on=0))
+
+    assert NvmlBackend().processes() == [GpuProcess(200, 1, 300)]
