@@ -155,6 +155,32 @@ def up() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def health(node: Annotated[bool, typer.Option("--node", help="also require this node's live snapshot")] = False) -> None:
+    """Exit 0 when SQL and Redis answer (and, with --node, this node publishes): for container health checks."""
+    from redis import Redis
+    from sqlalchemy import text
+
+    from app.constants import NODE_KEY
+    from app.db.session import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        with Redis.from_url(settings.redis_url, socket_connect_timeout=2) as redis:
+            redis.ping()
+            if node and not redis.exists(NODE_KEY.format(node=settings.node)):
+                raise RuntimeError(f"node {settings.node} publishes no snapshot")
+    except Exception as exc:  # noqa: BLE001 - any failure is unhealthy
+        typer.echo(f"unhealthy: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo("healthy")
+
+
 def _nvml_available() -> bool:
     from worker.gpu import GpuBackendError
     from worker.gpu.nvml import NvmlBackend
