@@ -50,11 +50,14 @@ def migrate() -> None:
 @user_app.command("add")
 def user_add(name: str, admin: Annotated[bool, typer.Option("--admin")] = False) -> None:
     """Create a user; its token is printed alone on the last line, once."""
+    from app.db.migrate import upgrade
     from app.db.session import make_engine, make_sessionmaker, transaction
     from app.errors import VramqError
     from app.services.users import create_user
 
-    engine = make_engine(_settings())
+    settings = _settings()
+    upgrade(settings)  # a no-op on a current schema; spares a first user on a fresh install an SQL error
+    engine = make_engine(settings)
     try:
         with transaction(make_sessionmaker(engine)) as session:
             user, token = create_user(session, name, admin=admin)
