@@ -159,7 +159,9 @@ def up() -> None:
 
 
 @app.command()
-def health(node: Annotated[bool, typer.Option("--node", help="also require this node's live snapshot")] = False) -> None:
+def health(
+    node: Annotated[bool, typer.Option("--node", help="also require this node's live snapshot")] = False,
+) -> None:
     """Exit 0 when SQL and Redis answer (and, with --node, this node publishes): for container health checks."""
     from redis import Redis
     from sqlalchemy import text

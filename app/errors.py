@@ -25,6 +25,12 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class AliasNotFound(NotFound):
+    """Raised when a model has no alias of that name."""
+
+    code = "alias_not_found"
+
+
 class ModelNotFound(NotFound):
     """Raised when a model, version or artifact does not exist."""
 
@@ -74,6 +80,13 @@ class VramUnsatisfiable(VramqError):
     """Raised when no live GPU could ever hold the request."""
 
     code = "vram_unsatisfiable"
+    status = 422
+
+
+class NoHistory(VramqError):
+    """Raised when vram_mb is "auto" but no earlier successful run of the same job measured its peak."""
+
+    code = "no_vram_history"
     status = 422
 
 

@@ -1,18 +1,57 @@
 """Request and response shapes of REST API v1 (DESIGN section 4)."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.enums import FailureReason, JobStatus
 
 
+class EarlyStoppingArgs(BaseModel):
+    """keras.callbacks.EarlyStopping's own arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    monitor: str | None = None
+    min_delta: float | None = None
+    patience: Annotated[int, Field(ge=0)] | None = None
+    mode: Literal["auto", "min", "max"] | None = None
+    baseline: float | None = None
+    restore_best_weights: bool | None = None
+    start_from_epoch: Annotated[int, Field(ge=0)] | None = None
+
+
+class ReduceLROnPlateauArgs(BaseModel):
+    """keras.callbacks.ReduceLROnPlateau's own arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    monitor: str | None = None
+    factor: Annotated[float, Field(gt=0, lt=1)] | None = None
+    patience: Annotated[int, Field(ge=0)] | None = None
+    mode: Literal["auto", "min", "max"] | None = None
+    min_delta: float | None = None
+    cooldown: Annotated[int, Field(ge=0)] | None = None
+    min_lr: Annotated[float, Field(ge=0)] | None = None
+
+
+class KerasSettings(BaseModel):
+    """What autolog adds to every Model.fit of the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = None
+    early_stopping: EarlyStoppingArgs | None = None
+    reduce_lr_on_plateau: ReduceLROnPlateauArgs | None = None
+    monitor: str | None = None
+
+
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: Annotated[list[str], Field(min_length=1)]
-    vram_mb: Annotated[int, Field(gt=0, strict=True)]
+    vram_mb: Annotated[int, Field(gt=0, strict=True)] | Literal["auto"]
     name: Annotated[str | None, Field(max_length=200)] = None
     workdir: str | None = None
     env: dict[str, str] = {}
@@ -20,6 +59,15 @@ class JobSubmit(BaseModel):
     priority: Annotated[int, Field(strict=True)] = 0
     time_limit_s: Annotated[int | None, Field(gt=0, strict=True)] = None
     max_retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 0
+    retry_on: list[FailureReason] = [FailureReason.OOM, FailureReason.LOST]
+    keras: KerasSettings | None = None
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retryable(cls, reasons: list[FailureReason]) -> list[FailureReason]:
+        if FailureReason.LAUNCH_ERROR in reasons:
+            raise ValueError("launch_error is never retried: another attempt cannot fix the command")
+        return sorted(set(reasons))
 
     @field_validator("command")
     @classmethod
@@ -59,6 +107,10 @@ class JobOut(BaseModel):
     priority: int
     time_limit_s: int | None
     max_retries: int
+    retry_on: list[FailureReason]
+    keras: dict[str, Any] | None
+    suggested_vram_mb: int | None = None
+    warnings: list[str] = []
     attempt: int
     node: str | None
     gpu_indices: list[int] | None
@@ -126,7 +178,24 @@ class ModelVersionOut(BaseModel):
     sha256: str
     size_bytes: int
     metrics: dict[str, Any]
+    spec: dict[str, Any]
+    peak_vram_mb: int | None
+    gpu_seconds: float | None
+    seed: int | None
+    aliases: list[str] = []
     created_at: datetime
+
+
+class AliasSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=1, strict=True)]
+
+
+class AliasOut(BaseModel):
+    name: str
+    alias: str
+    version: int
 
 
 class UserCreate(BaseModel):

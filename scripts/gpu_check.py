@@ -46,15 +46,21 @@ def main() -> int:
     for job in jobs:
         runs = call("GET", f"/api/v1/jobs/{job['id']}/runs").json()
         peak = job["peak_vram_mb"]
-        print(f"job {job['id']} {job['name'] or 'probe'}: {job['status']} {job['failure_reason'] or ''} "
-              f"reserved {job['vram_mb']} MB, NVML peak {peak} MB, attempts {len(runs)}")
+        print(
+            f"job {job['id']} {job['name'] or 'probe'}: {job['status']} {job['failure_reason'] or ''} "
+            f"reserved {job['vram_mb']} MB, NVML peak {peak} MB, attempts {len(runs)}"
+        )
         ok &= job["status"] == "succeeded" and (peak or 0) <= job["vram_mb"]
     log = call("GET", f"/api/v1/jobs/{probe['id']}/logs").text
-    allocator = next((int(line.split()[1]) for line in log.splitlines() if line.startswith("TF_ALLOCATOR_PEAK_MB")), None)
+    allocator = next(
+        (int(line.split()[1]) for line in log.splitlines() if line.startswith("TF_ALLOCATOR_PEAK_MB")), None
+    )
     probe_peak = jobs[-1]["peak_vram_mb"]
     if allocator is not None and probe_peak:
-        print(f"per-process overhead: NVML footprint {probe_peak} MB - TF allocator peak {allocator} MB "
-              f"= {probe_peak - allocator} MB")
+        print(
+            f"per-process overhead: NVML footprint {probe_peak} MB - TF allocator peak {allocator} MB "
+            f"= {probe_peak - allocator} MB"
+        )
     print("RESULT:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

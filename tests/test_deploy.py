@@ -42,7 +42,10 @@ def test_the_worker_reserves_the_gpus_and_services_share_state() -> None:
     [device] = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert SERVICES["worker"]["environment"]["VRAMQ_DATABASE_URL"].startswith("postgresql")
-    assert "vramq-home:/var/lib/vramq" in SERVICES["worker"]["volumes"] and "vramq-home:/var/lib/vramq" in SERVICES["api"]["volumes"]
+    assert (
+        "vramq-home:/var/lib/vramq" in SERVICES["worker"]["volumes"]
+        and "vramq-home:/var/lib/vramq" in SERVICES["api"]["volumes"]
+    )
 
 
 def test_persistence_for_postgres_and_redis() -> None:

@@ -92,7 +92,7 @@ def test_a_failing_hook_never_breaks_the_script(tmp_path: Path) -> None:
 
     assert result.returncode == 0
     assert json.loads(result.stdout) == [["list", "GPU"], ["op", "constant"]]
-    assert "could not apply the TensorFlow memory limit" in result.stderr
+    assert "could not set up tensorflow" in result.stderr
 
 
 @pytest.mark.parametrize("existing", [True, False])
@@ -126,6 +126,7 @@ def test_hook_uses_only_the_standard_library() -> None:
 
     from worker.hook import HOOK_DIR
 
+    allowed = set(sys.stdlib_module_names) | {path.stem for path in HOOK_DIR.glob("*.py")}
     for path in HOOK_DIR.glob("*.py"):
         if path.name == "__init__.py":
             continue
@@ -136,6 +137,4 @@ def test_hook_uses_only_the_standard_library() -> None:
         imported |= {
             node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
         }
-        assert imported <= set(sys.stdlib_module_names), (
-            f"{path.name} imports {imported - set(sys.stdlib_module_names)}"
-        )
+        assert imported <= allowed, f"{path.name} imports {imported - allowed}"

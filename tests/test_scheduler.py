@@ -55,8 +55,8 @@ def test_an_attempt_ends_and_releases_exactly_once(sessions: sessionmaker[Sessio
         assert run.outcome is JobStatus.SUCCEEDED and run.released_at is not None
 
 
-def test_a_failure_with_retries_left_is_queued_again(sessions: sessionmaker[Session]) -> None:
-    job = make_job(sessions, max_retries=1)
+def test_a_failure_the_job_retries_on_is_queued_again(sessions: sessionmaker[Session]) -> None:
+    job = make_job(sessions, max_retries=1, retry_on=["error"])
     for attempt in (1, 2):
         with transaction(sessions) as session:
             assert transitions.dispatch(session, reload(sessions, job.id), "node-a", [0])

@@ -1,6 +1,8 @@
 """Starts a job's command in its own process group with the environment of DESIGN section 5."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +34,9 @@ class LaunchSpec:
     overhead_mb: int
     simulator_dir: Path | None = None
     base_dir: Path | None = None  # where relative script paths fall back to (the node's start directory)
+    keras: dict[str, object] | None = None  # autolog settings (seed, early_stopping, ...)
+    resume_from: Path | None = None  # an earlier attempt's checkpoints, copied in before the start
+    notes: tuple[str, ...] = ()  # written at the top of the log
 
 
 def framework_caps(vram_mb: int, overhead_mb: int, gpu_total_mb: int) -> dict[str, str]:
@@ -62,6 +67,10 @@ def job_environment(spec: LaunchSpec, inherited: dict[str, str]) -> dict[str, st
     )
     if spec.simulator_dir is not None:
         env["VRAMQ_SIM_DIR"] = str(spec.simulator_dir)
+    if spec.keras:
+        env["VRAMQ_KERAS"] = json.dumps(spec.keras)
+        if spec.keras.get("seed") is not None:
+            env.setdefault("PYTHONHASHSEED", str(spec.keras["seed"]))
     return env
 
 
@@ -86,17 +95,22 @@ def resolve_command(command: list[str], workdir: Path, base_dir: Path | None) ->
 
 def launch(spec: LaunchSpec, inherited: dict[str, str]) -> subprocess.Popen[bytes]:
     spec.output_dir.mkdir(parents=True, exist_ok=True)
+    notes = list(spec.notes)
+    if spec.resume_from is not None:
+        shutil.copytree(spec.resume_from, spec.output_dir / "checkpoints", dirs_exist_ok=True)
+        notes.append(f"checkpoints of the earlier attempt copied from {spec.resume_from}")
+    if spec.vram_mb <= spec.overhead_mb:
+        notes.append(
+            f"warning: {spec.vram_mb} MB is not more than the per-process overhead ({spec.overhead_mb} MB); "
+            "a GPU framework will have almost nothing to allocate"
+        )
     workdir = spec.workdir or spec.output_dir
     if not workdir.is_dir():
         raise LaunchError(f"workdir {workdir} does not exist on this node")
     argv = resolve_command(spec.command, workdir, spec.base_dir)
     with spec.log_path.open("ab") as log:
-        if spec.vram_mb <= spec.overhead_mb:
-            log.write(
-                f"[vramq] warning: {spec.vram_mb} MB is not more than the per-process overhead "
-                f"({spec.overhead_mb} MB); a GPU framework will have almost nothing to allocate\n".encode()
-            )
-            log.flush()
+        log.write("".join(f"[vramq] {note}\n" for note in notes).encode())
+        log.flush()
         try:
             return subprocess.Popen(
                 argv,

@@ -51,14 +51,26 @@ def record(session: Session, job_id: int, attempt: int, figures: list[tuple[int,
     )
 
 
-def last_epoch(session: Session, job_id: int, attempt: int) -> dict[str, float]:
-    """The figures of the attempt's last recorded epoch, for a model version's record."""
+MAXIMISED = ("acc", "auc", "precision", "recall", "f1")
+
+
+def best_epoch(session: Session, job_id: int, attempt: int, monitor: str | None = None) -> dict[str, float]:
+    """The figures of the attempt's best epoch by `monitor` (default val_loss, else loss; else the last)."""
     rows = session.execute(
         select(Metric.epoch, Metric.name, Metric.value)
         .where(Metric.job_id == job_id, Metric.attempt == attempt)
         .order_by(Metric.epoch, Metric.id)
     ).all()
-    if not rows:
+    epochs: dict[int, dict[str, float]] = {}
+    for epoch, name, value in rows:
+        epochs.setdefault(epoch, {})[name] = value
+    if not epochs:
         return {}
-    final = rows[-1].epoch
-    return {"epoch": final, **{name: value for epoch, name, value in rows if epoch == final}}
+    names = {name for figures in epochs.values() for name in figures}
+    key = next((m for m in (monitor, "val_loss", "loss") if m and m in names), None)
+    if key is None:
+        chosen = max(epochs)
+    else:
+        scored = [(figures[key], epoch) for epoch, figures in epochs.items() if key in figures]
+        chosen = (max if any(word in key for word in MAXIMISED) else min)(scored)[1]
+    return {"epoch": chosen, **epochs[chosen]}

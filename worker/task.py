@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Update, select, update
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.constants import NODE_PGIDS_KEY, RUN_HEARTBEAT_KEY, RUN_HEARTBEAT_TTL_S
-from app.db.models import Job, Run
+from app.db.models import Job, Run, utcnow
 from app.db.session import transaction
 from app.enums import FailureReason, JobStatus
-from app.services import models, transitions
+from app.services import jobs, models, sizing, transitions
+from app.services.nodes import live_nodes
 from worker import metrics
 from worker.context import WorkerContext
 from worker.launcher import LaunchError, LaunchSpec, launch, signal_group, stop_group
@@ -124,7 +126,19 @@ def _launch_spec(ctx: WorkerContext, job: Job) -> LaunchSpec:
         overhead_mb=ctx.settings.overhead_mb,
         simulator_dir=ctx.settings.simulator_dir if ctx.backend.simulated else None,
         base_dir=ctx.base_dir,
+        keras=job.keras,
+        resume_from=_latest_checkpoints(ctx.settings.jobs_dir / str(job.id), job.attempt),
+        notes=tuple(f"warning: {text}" for text in job.warnings) if job.attempt == 1 else (),
     )
+
+
+def _latest_checkpoints(job_dir: Path, attempt: int) -> Path | None:
+    """The checkpoints of the latest earlier attempt that left any, for the next one to resume from."""
+    for earlier in range(attempt - 1, 0, -1):
+        checkpoints = job_dir / f"attempt-{earlier}" / "output" / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.rglob("*.h5")):
+            return checkpoints
+    return None
 
 
 def _run_paths(job_id: int, attempt: int, log_path: Path, output_dir: Path) -> Update:
@@ -194,6 +208,9 @@ def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:
 def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) -> str:
     _ingest_metrics(ctx, attempt)
     status, reason = classify(exit_code, read_tail(attempt.log_path), attempt.stopped)
+    next_vram_mb = None
+    if reason is FailureReason.OOM:
+        next_vram_mb = sizing.grown_request(job.vram_mb, _largest_gpu_mb(ctx))
     with transaction(ctx.sessions) as session:
         reached = transitions.finish(
             session,
@@ -203,12 +220,46 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             reason=reason,
             exit_code=exit_code,
             peak_vram_mb=attempt.peak_mb or None,
+            next_vram_mb=next_vram_mb,
         )
         if reached is JobStatus.SUCCEEDED:
-            final = metrics.last_epoch(session, job.id, attempt.attempt)
-            for name, path in models.model_artifacts(attempt.output_dir / "models"):
-                models.register(session, name=name, path=path, job_id=job.id, attempt=attempt.attempt, metrics=final)
+            _register_models(session, job, attempt)
+    if reached is JobStatus.QUEUED and next_vram_mb is not None:
+        _note(attempt, f"out of memory inside a {job.vram_mb} MB cap: retrying with {next_vram_mb} MB")
     if reached is None:
         log.warning("job %s attempt %s ended after it was declared lost", job.id, attempt.attempt)
         return "ignored: attempt already ended"
     return f"{status}" + (f" ({reason})" if reason else "")
+
+
+def _note(attempt: Attempt, message: str) -> None:
+    with attempt.log_path.open("a") as handle:
+        handle.write(f"[vramq] {message}\n")
+
+
+def _largest_gpu_mb(ctx: WorkerContext) -> int | None:
+    sizes = [gpu.total_mb - ctx.settings.safety_margin_mb for node in live_nodes(ctx.redis) for gpu in node.gpus]
+    return max(sizes, default=None)
+
+
+def _register_models(session: Session, job: Job, attempt: Attempt) -> None:
+    """Each model file of a successful attempt becomes a version, with the lineage that produced it."""
+    artifacts = models.model_artifacts(attempt.output_dir / "models")
+    if not artifacts:
+        return
+    started = session.scalar(select(Run.started_at).where(Run.job_id == job.id, Run.attempt == attempt.attempt))
+    gpu_seconds = (utcnow() - started).total_seconds() * job.gpus if started else None
+    best = metrics.best_epoch(session, job.id, attempt.attempt, (job.keras or {}).get("monitor"))
+    for name, path in artifacts:
+        models.register(
+            session,
+            name=name,
+            path=path,
+            job_id=job.id,
+            attempt=attempt.attempt,
+            metrics=best,
+            spec=jobs.spec_of(job),
+            peak_vram_mb=attempt.peak_mb or None,
+            gpu_seconds=gpu_seconds,
+            seed=(job.keras or {}).get("seed"),
+        )

@@ -65,6 +65,10 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(default=0)
     time_limit_s: Mapped[int | None]
     max_retries: Mapped[int] = mapped_column(default=0)
+    retry_on: Mapped[list[Any]] = mapped_column(default=lambda: ["oom", "lost"])
+    keras: Mapped[dict[str, Any] | None]  # per-job autolog settings: seed, early_stopping, ...
+    fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)  # user + command + script hash
+    warnings: Mapped[list[Any]] = mapped_column(default=list)
     attempt: Mapped[int] = mapped_column(default=1)
     node: Mapped[str | None] = mapped_column(String(128))
     gpu_indices: Mapped[list[Any] | None]
@@ -128,5 +132,22 @@ class ModelVersion(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int]
-    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # at the best epoch
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the submission that produced it
+    peak_vram_mb: Mapped[int | None]
+    gpu_seconds: Mapped[float | None]
+    seed: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    """A movable name for one version of a model, e.g. `production`."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("name", "alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from sqlalchemy import select
@@ -9,13 +10,13 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
-from app.errors import JobFinished, JobNotFound, RunNotFound, VramUnsatisfiable
+from app.errors import JobFinished, JobNotFound, NoHistory, RunNotFound, VramUnsatisfiable
 from app.schemas import JobOut, JobSubmit
-from app.services import transitions
+from app.services import sizing, transitions
 from app.services.nodes import live_nodes
 
 
-def to_out(job: Job) -> JobOut:
+def to_out(job: Job, suggested_vram_mb: int | None = None) -> JobOut:
     return JobOut(
         id=job.id,
         name=job.name,
@@ -31,6 +32,10 @@ def to_out(job: Job) -> JobOut:
         priority=job.priority,
         time_limit_s=job.time_limit_s,
         max_retries=job.max_retries,
+        retry_on=job.retry_on,
+        keras=job.keras,
+        suggested_vram_mb=suggested_vram_mb,
+        warnings=job.warnings,
         attempt=job.attempt,
         node=job.node,
         gpu_indices=job.gpu_indices,
@@ -41,39 +46,96 @@ def to_out(job: Job) -> JobOut:
     )
 
 
-def check_satisfiable(redis: Redis, spec: JobSubmit, margin_mb: int) -> None:
+def spec_of(job: Job) -> dict[str, Any]:
+    """The submission that produced a job, as its submit body (what retrain sends again)."""
+    spec = {
+        "command": job.command,
+        "vram_mb": job.vram_mb,
+        "name": job.name,
+        "workdir": job.workdir,
+        "env": job.env,
+        "gpus": job.gpus,
+        "priority": job.priority,
+        "time_limit_s": job.time_limit_s,
+        "max_retries": job.max_retries,
+        "retry_on": job.retry_on,
+        "keras": job.keras,
+    }
+    return {key: value for key, value in spec.items() if value is not None}
+
+
+def to_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
+    """Jobs as the API shows them, each with the request its history suggests."""
+    peaks = sizing.past_peaks(session, sorted({job.fingerprint for job in jobs if job.fingerprint}))
+    return [to_out(job, sizing.suggest(peaks.get(job.fingerprint or "", []))) for job in jobs]
+
+
+def check_satisfiable(redis: Redis, vram_mb: int, gpus: int, margin_mb: int) -> None:
     """Refuse a request that no live node could hold even when idle; with no live node, accept and wait."""
     nodes = live_nodes(redis)
     if not nodes:
         return
-    # For each node with enough GPUs: the most that `spec.gpus` of its GPUs can each give.
+    # For each node with enough GPUs: the most that `gpus` of its GPUs can each give.
     capacities = [
-        sorted((gpu.total_mb - margin_mb for gpu in node.gpus), reverse=True)[spec.gpus - 1]
+        sorted((gpu.total_mb - margin_mb for gpu in node.gpus), reverse=True)[gpus - 1]
         for node in nodes
-        if len(node.gpus) >= spec.gpus
+        if len(node.gpus) >= gpus
     ]
     if not capacities:
         most = max(len(node.gpus) for node in nodes)
-        raise VramUnsatisfiable(f"{spec.gpus} GPUs requested; the largest live node has {most}")
-    if spec.vram_mb > max(capacities):
+        raise VramUnsatisfiable(f"{gpus} GPUs requested; the largest live node has {most}")
+    if vram_mb > max(capacities):
         raise VramUnsatisfiable(
-            f"{spec.vram_mb} MB per GPU requested; the most any live GPU can give is {max(capacities)} MB "
+            f"{vram_mb} MB per GPU requested; the most any live GPU can give is {max(capacities)} MB "
             f"(its total less the {margin_mb} MB safety margin)"
         )
 
 
-def submit(session: Session, user: User, spec: JobSubmit) -> Job:
+def submit(
+    session: Session,
+    redis: Redis,
+    user: User,
+    spec: JobSubmit,
+    *,
+    margin_mb: int,
+    base_dir: Path,
+    right_size: bool = False,
+) -> Job:
+    """Validate against the live GPUs and the job's history, then queue it. With `right_size`, the
+    request becomes what the history suggests whenever there is history (retrain)."""
+    fingerprint = sizing.fingerprint(user.name, spec.command, spec.workdir, base_dir)
+    suggested = sizing.suggest(sizing.past_peaks(session, [fingerprint]).get(fingerprint, []))
+    warnings = []
+    if right_size and suggested is not None:
+        spec = spec.model_copy(update={"vram_mb": suggested})
+    if spec.vram_mb == "auto":
+        if suggested is None:
+            raise NoHistory(
+                "vram_mb 'auto' needs an earlier successful run of this command by you; give vram_mb in MiB"
+            )
+    elif suggested is not None and spec.vram_mb > sizing.WASTE_FACTOR * suggested:
+        warnings.append(
+            f"{spec.vram_mb} MB requested, more than {sizing.WASTE_FACTOR}x what earlier runs of this job needed "
+            f"({suggested} MB with headroom); a smaller request starts sooner and leaves room for others"
+        )
+    vram_mb = spec.vram_mb if isinstance(spec.vram_mb, int) else suggested
+    assert vram_mb is not None
+    check_satisfiable(redis, vram_mb, spec.gpus, margin_mb)
     job = Job(
         user_id=user.id,
         name=spec.name,
         command=spec.command,
         workdir=spec.workdir,
         env=spec.env,
-        vram_mb=spec.vram_mb,
+        vram_mb=vram_mb,
         gpus=spec.gpus,
         priority=spec.priority,
         time_limit_s=spec.time_limit_s,
         max_retries=spec.max_retries,
+        retry_on=[str(reason) for reason in spec.retry_on],
+        keras=spec.keras.model_dump(exclude_none=True) if spec.keras else None,
+        fingerprint=fingerprint,
+        warnings=warnings,
     )
     job.user = user
     session.add(job)

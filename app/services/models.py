@@ -2,16 +2,15 @@
 
 import hashlib
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ModelVersion
-from app.errors import ModelNotFound
-from app.schemas import ModelOut
+from app.db.models import ModelAlias, ModelVersion
+from app.errors import AliasNotFound, ModelNotFound
+from app.schemas import ModelOut, ModelVersionOut
 
 MODEL_SUFFIXES = (".keras", ".h5")
 
@@ -30,6 +29,8 @@ def model_artifacts(models_dir: Path) -> list[tuple[str, Path]]:
     if not models_dir.is_dir():
         return found
     for entry in sorted(models_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue  # half-written files
         if entry.is_file() and entry.suffix in MODEL_SUFFIXES:
             found.append((entry.stem, entry))
         elif entry.is_dir() and (entry / "saved_model.pb").exists():
@@ -39,7 +40,17 @@ def model_artifacts(models_dir: Path) -> list[tuple[str, Path]]:
 
 
 def register(
-    session: Session, *, name: str, path: Path, job_id: int, attempt: int, metrics: dict[str, Any]
+    session: Session,
+    *,
+    name: str,
+    path: Path,
+    job_id: int,
+    attempt: int,
+    metrics: dict[str, Any],
+    spec: dict[str, Any] | None = None,
+    peak_vram_mb: int | None = None,
+    gpu_seconds: float | None = None,
+    seed: int | None = None,
 ) -> ModelVersion:
     latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
     version = ModelVersion(
@@ -51,10 +62,22 @@ def register(
         sha256=file_sha256(path),
         size_bytes=path.stat().st_size,
         metrics=metrics,
+        spec=spec or {},
+        peak_vram_mb=peak_vram_mb,
+        gpu_seconds=gpu_seconds,
+        seed=seed,
     )
     session.add(version)
     session.flush()
     return version
+
+
+def _aliases(session: Session, name: str) -> dict[int, list[str]]:
+    """version -> the aliases that point at it."""
+    found: dict[int, list[str]] = {}
+    for alias in session.scalars(select(ModelAlias).where(ModelAlias.name == name).order_by(ModelAlias.alias)):
+        found.setdefault(alias.version, []).append(alias.alias)
+    return found
 
 
 def list_models(session: Session) -> list[ModelOut]:
@@ -66,17 +89,45 @@ def list_models(session: Session) -> list[ModelOut]:
     return [ModelOut(name=name, latest_version=latest) for name, latest in rows]
 
 
-def versions(session: Session, name: str) -> Sequence[ModelVersion]:
+def versions(session: Session, name: str) -> list[ModelVersionOut]:
     found = session.scalars(select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)).all()
     if not found:
         raise ModelNotFound(f"no model named {name!r}")
-    return found
+    by_version = _aliases(session, name)
+    return [
+        ModelVersionOut.model_validate(v).model_copy(update={"aliases": by_version.get(v.version, [])}) for v in found
+    ]
 
 
-def artifact(session: Session, name: str, version: int) -> ModelVersion:
+def get_version(session: Session, name: str, version: int) -> ModelVersion:
     found = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version))
     if found is None:
         raise ModelNotFound(f"model {name!r} has no version {version}")
+    return found
+
+
+def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
+    """Point `alias` at a version of the model, creating or moving it."""
+    get_version(session, name, version)
+    existing = session.scalar(select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias))
+    if existing is None:
+        existing = ModelAlias(name=name, alias=alias, version=version)
+        session.add(existing)
+    else:
+        existing.version = version
+    session.flush()
+    return existing
+
+
+def delete_alias(session: Session, name: str, alias: str) -> None:
+    existing = session.scalar(select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias))
+    if existing is None:
+        raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
+    session.delete(existing)
+
+
+def artifact(session: Session, name: str, version: int) -> ModelVersion:
+    found = get_version(session, name, version)
     if not Path(found.path).is_file():
         raise ModelNotFound(f"the file of {name!r} version {version} is gone from {found.path}")
     return found

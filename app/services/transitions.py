@@ -96,15 +96,18 @@ def finish(
     exit_code: int | None = None,
     peak_vram_mb: int | None = None,
     sources: tuple[JobStatus, ...] = ACTIVE,
+    next_vram_mb: int | None = None,
 ) -> JobStatus | None:
-    """End an attempt and release its reservation, once; a failure with retries left is queued again.
+    """End an attempt and release its reservation, once. A failure the job retries on (its retry_on,
+    by default oom and lost) with retries left is queued again, with `next_vram_mb` when given.
 
     Returns the status the job reached, or None when the attempt had already ended.
     """
     now = utcnow()
-    retry = target is JobStatus.FAILED and reason not in NOT_RETRIED and attempt <= job.max_retries
-    if retry:
+    if retries(job, attempt, target, reason):
         values = _requeue_values(attempt, reason, exit_code, peak_vram_mb)
+        if next_vram_mb is not None:
+            values["vram_mb"] = next_vram_mb
         reached = JobStatus.QUEUED
     else:
         values = {
@@ -120,6 +123,16 @@ def finish(
         return None
     _close_run(session, job.id, attempt, now, target, reason, exit_code, peak_vram_mb)
     return reached
+
+
+def retries(job: Job, attempt: int, target: JobStatus, reason: FailureReason | None) -> bool:
+    return (
+        target is JobStatus.FAILED
+        and reason is not None
+        and reason not in NOT_RETRIED
+        and reason in job.retry_on
+        and attempt <= job.max_retries
+    )
 
 
 def _requeue_values(

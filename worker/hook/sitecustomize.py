@@ -27,17 +27,28 @@ def apply_tensorflow_limit(tf):
         _say(f"TensorFlow memory limit {limit} MB with growth on {len(gpus)} GPU(s)")
 
 
-class _TensorFlowWatcher:
-    """A meta path finder that wraps TensorFlow's loader so the limit is applied right after import."""
+def install_keras_autolog(keras):
+    import vramq_keras
+
+    vramq_keras.install(keras)
+
+
+class _ImportWatcher:
+    """A meta path finder that runs a function on a module right after the module's own code ran."""
+
+    def __init__(self, actions):
+        self.actions = dict(actions)
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        action = self.actions.pop(name, None)
+        if action is None:
             return None
-        sys.meta_path.remove(self)
+        if not self.actions and self in sys.meta_path:
+            sys.meta_path.remove(self)
         spec = None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find else None
+            spec = find(name, path, target) if find and finder is not self else None
             if spec is not None:
                 break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
@@ -47,9 +58,9 @@ class _TensorFlowWatcher:
         def exec_module(module):
             original(module)
             try:
-                apply_tensorflow_limit(module)
+                action(module)
             except Exception as exc:  # never break the researcher's script
-                _say(f"could not apply the TensorFlow memory limit: {exc!r}")
+                _say(f"could not set up {name}: {exc!r}")
 
         spec.loader.exec_module = exec_module
         return spec
@@ -65,8 +76,13 @@ def _chain_next_sitecustomize():
         spec.loader.exec_module(module)
 
 
+_actions = {}
 if os.environ.get(_LIMIT_VAR) and "tensorflow" not in sys.modules:
-    sys.meta_path.insert(0, _TensorFlowWatcher())
+    _actions["tensorflow"] = apply_tensorflow_limit
+if os.environ.get("VRAMQ_OUTPUT_DIR") and "keras" not in sys.modules:
+    _actions["keras"] = install_keras_autolog
+if _actions:
+    sys.meta_path.insert(0, _ImportWatcher(_actions))
 
 try:
     import importlib.util

@@ -1,3 +1,4 @@
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -13,8 +14,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def submit(spec: JobSubmit, user: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> JobOut:
-    jobs.check_satisfiable(redis, spec, settings.safety_margin_mb)
-    return jobs.to_out(jobs.submit(session, user, spec))
+    job = jobs.submit(session, redis, user, spec, margin_mb=settings.safety_margin_mb, base_dir=Path.cwd())
+    [out] = jobs.to_outs(session, [job])
+    return out
 
 
 @router.get("")
@@ -30,12 +32,13 @@ def list_jobs(
     page = jobs.list_jobs(session, status=status, user=user, limit=limit, before_id=cursor)
     if len(page) == limit:
         response.headers["X-Next-Cursor"] = str(page[-1].id)
-    return [jobs.to_out(job) for job in page]
+    return jobs.to_outs(session, page)
 
 
 @router.get("/{job_id}")
 def get(job_id: int, _: CurrentUser, session: SessionDep) -> JobOut:
-    return jobs.to_out(jobs.get(session, job_id))
+    [out] = jobs.to_outs(session, [jobs.get(session, job_id)])
+    return out
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)

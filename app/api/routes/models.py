@@ -1,13 +1,16 @@
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentUser, SessionDep
-from app.schemas import ModelOut, ModelVersionOut
-from app.services import models
+from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.schemas import AliasOut, AliasSet, JobOut, JobSubmit, ModelOut, ModelVersionOut
+from app.services import jobs, models
 
 router = APIRouter(prefix="/models", tags=["models"])
+AliasName = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 @router.get("")
@@ -17,16 +20,42 @@ def list_models(_: CurrentUser, session: SessionDep) -> list[ModelOut]:
 
 @router.get("/{name}/versions")
 def versions(name: str, _: CurrentUser, session: SessionDep) -> list[ModelVersionOut]:
-    return [ModelVersionOut.model_validate(v) for v in models.versions(session, name)]
+    return models.versions(session, name)
 
 
 @router.get("/{name}/versions/{version}/artifact")
 def artifact(name: str, version: int, _: CurrentUser, session: SessionDep) -> FileResponse:
+    """The model file, streamed, with its sha256 in X-Vramq-Sha256 (and as the ETag)."""
     found = models.artifact(session, name, version)
     path = Path(found.path)
     return FileResponse(
         path,
         filename=path.name,
         media_type="application/octet-stream",
-        headers={"X-Vramq-Sha256": found.sha256},
+        headers={"X-Vramq-Sha256": found.sha256, "ETag": f'"{found.sha256}"'},
     )
+
+
+@router.put("/{name}/aliases/{alias}")
+def set_alias(name: str, alias: AliasName, body: AliasSet, _: CurrentUser, session: SessionDep) -> AliasOut:
+    found = models.set_alias(session, name, alias, body.version)
+    return AliasOut(name=found.name, alias=found.alias, version=found.version)
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_alias(name: str, alias: str, _: CurrentUser, session: SessionDep) -> Response:
+    models.delete_alias(session, name, alias)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/versions/{version}/retrain", status_code=status.HTTP_201_CREATED)
+def retrain(
+    name: str, version: int, user: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep
+) -> JobOut:
+    """Submit again the spec that produced this version, sized from its history when there is one."""
+    spec = JobSubmit.model_validate(models.get_version(session, name, version).spec)
+    job = jobs.submit(
+        session, redis, user, spec, margin_mb=settings.safety_margin_mb, base_dir=Path.cwd(), right_size=True
+    )
+    [out] = jobs.to_outs(session, [job])
+    return out

@@ -1,0 +1,74 @@
+"""Right-sizing requests from history, and growing a request after an out-of-memory failure."""
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, Run
+from app.enums import JobStatus
+
+# A right-sized request is the 95th percentile of past peaks plus this much headroom: allocator
+# fragmentation and data-dependent batches vary run to run by a few hundred MB.
+HEADROOM_MB = 256
+HEADROOM_FRACTION = 0.10
+# Only recent successful runs say what the script needs now.
+HISTORY_RUNS = 50
+# A request this many times its history is wasteful enough to warn about.
+WASTE_FACTOR = 2
+# An attempt that ran out of memory inside its cap retries with this much more.
+OOM_GROWTH = 1.5
+
+
+def script_path(command: Sequence[str], workdir: str | None, base_dir: Path) -> Path | None:
+    """The Python script a command runs, if it names one that exists here."""
+    script = next((arg for arg in command[1:] if arg.endswith(".py")), None)
+    if script is None:
+        return None
+    for folder in (Path(workdir) if workdir else None, base_dir):
+        candidate = Path(script) if Path(script).is_absolute() else (folder / script if folder else None)
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def fingerprint(user: str, command: Sequence[str], workdir: str | None, base_dir: Path) -> str:
+    """Jobs with the same user, command and script content share a history."""
+    script = script_path(command, workdir, base_dir)
+    script_hash = hashlib.sha256(script.read_bytes()).hexdigest() if script else None
+    return hashlib.sha256(json.dumps([user, list(command), script_hash]).encode()).hexdigest()
+
+
+def past_peaks(session: Session, fingerprints: Sequence[str]) -> dict[str, list[int]]:
+    """Peak VRAM of the recent successful runs of each fingerprint."""
+    rows = session.execute(
+        select(Job.fingerprint, Run.peak_vram_mb)
+        .join(Run, Run.job_id == Job.id)
+        .where(Job.fingerprint.in_(fingerprints), Run.outcome == JobStatus.SUCCEEDED, Run.peak_vram_mb.is_not(None))
+        .order_by(Run.id.desc())
+    )
+    peaks: dict[str, list[int]] = {}
+    for fp, peak in rows:
+        history = peaks.setdefault(fp or "", [])
+        if peak is not None and len(history) < HISTORY_RUNS:
+            history.append(peak)
+    return peaks
+
+
+def suggest(peaks: Sequence[int]) -> int | None:
+    """p95 of the peaks (nearest rank) plus headroom; None without history."""
+    if not peaks:
+        return None
+    ordered = sorted(peaks)
+    p95 = ordered[math.ceil(0.95 * len(ordered)) - 1]
+    return p95 + max(HEADROOM_MB, math.ceil(p95 * HEADROOM_FRACTION))
+
+
+def grown_request(vram_mb: int, largest_mb: int | None) -> int:
+    """The request of the attempt after an OOM: x1.5, rounded up, capped at the largest GPU."""
+    grown = math.ceil(vram_mb * OOM_GROWTH)
+    return max(vram_mb, min(grown, largest_mb)) if largest_mb else grown
