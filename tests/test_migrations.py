@@ -1,5 +1,7 @@
 """Alembic creates exactly the schema of the models, on SQLite and PostgreSQL, and can go back."""
 
+import json
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -36,3 +38,34 @@ def test_sqlite_runs_in_wal_mode(settings: Settings) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     engine.dispose()
+
+
+def test_upgrading_keeps_existing_jobs_with_sane_defaults(settings: Settings) -> None:
+    from sqlalchemy import text
+
+    downgrade(settings, "0001")
+    engine = make_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, name, admin, token_hash, created_at) "
+                "VALUES (1, 'old', false, 'h', CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, status, command, env, vram_mb, gpus, priority, max_retries, attempt, "
+                "cancel_requested, created_at) VALUES (1, 1, 'succeeded', '[\"true\"]', '{}', 100, 1, 0, 0, 1, false, "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade(settings)
+    with engine.connect() as conn:
+        retry_on, warnings = conn.execute(text("SELECT retry_on, warnings FROM jobs WHERE id = 1")).one()
+    engine.dispose()
+
+    def decoded(value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
+    assert decoded(retry_on) == ["oom", "lost"]
+    assert decoded(warnings) == []
