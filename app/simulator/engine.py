@@ -1,0 +1,264 @@
+"""Discrete-event replay of a trace on simulated GPUs (contention and memory models of WORKLOADS.md).
+
+Between events every rate is constant: a job on GPUs whose summed utilisation is U > 1 progresses at
+1/U (processor sharing); its memory grows linearly to its peak over the first 10% of its work.
+Policies `vramq` and `fifo-ledger` reserve requests in a ledger and cap each job at its request (a job
+whose peak is larger fails `oom` when it reaches its cap and retries with 1.5x); `exclusive` gives each
+job whole GPUs; `free-memory` starts a job when measured free memory covers its request, without a
+ledger or caps, so jobs that grow into each other are killed by OOM.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.scheduler.fairshare import DecayedUsage
+from app.scheduler.policy import GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState, schedule
+from app.services.sizing import grown_request
+from app.simulator.trace import TraceJob
+
+POLICIES = ("vramq", "fifo-ledger", "exclusive", "free-memory")
+CONFIGS = {
+    "vramq": PolicyConfig(),
+    "fifo-ledger": PolicyConfig(fair_share=False, backfill=False, compute_cap=None, critical_share=None),
+}
+GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
+EPS = 1e-7
+
+
+@dataclass
+class Attempt:
+    job: TraceJob
+    index: int  # the job's position in the trace: its id for the policy
+    number: int
+    request_mb: int
+    node: int
+    gpus: tuple[int, ...]
+    start: float
+    done: float = 0.0  # solo-seconds of work done
+    end: float | None = None
+    outcome: str | None = None  # succeeded | oom | oom_other | failed
+
+    def usage_mb(self) -> float:
+        grown = self.done / (GROWTH_FRACTION * self.job.duration_s)
+        return self.job.peak_mb * min(1.0, grown)
+
+    def growing(self) -> bool:
+        return self.done < GROWTH_FRACTION * self.job.duration_s - EPS
+
+
+@dataclass
+class Waiting:
+    index: int
+    job: TraceJob
+    request_mb: int
+    number: int = 1
+
+
+@dataclass
+class Result:
+    attempts: list[Attempt] = field(default_factory=list)
+    first_start: dict[int, float] = field(default_factory=dict)
+    finished: dict[int, tuple[float, bool]] = field(default_factory=dict)  # index -> (end, succeeded)
+    decisions: int = 0
+
+
+class Simulation:
+    def __init__(
+        self,
+        trace: list[TraceJob],
+        gpu_sizes_mb: list[int],
+        nodes: int = 1,
+        policy: str = "vramq",
+        max_retries: int = 3,
+        half_life_s: float = 24 * 3600,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+        self.trace = sorted(enumerate(trace), key=lambda item: (item[1].submit_s, item[0]))
+        self.sizes = gpu_sizes_mb
+        self.nodes = nodes
+        self.policy = policy
+        self.max_retries = max_retries
+        self.usage = DecayedUsage(half_life_s)
+        self.result = Result()
+        self.running: list[Attempt] = []
+        self.waiting: list[Waiting] = []
+        self.now = 0.0
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def _on(self, node: int, gpu: int) -> list[Attempt]:
+        return [a for a in self.running if a.node == node and gpu in a.gpus]
+
+    def _rate(self, attempt: Attempt) -> float:
+        load = max(sum(a.job.util for a in self._on(attempt.node, g)) for g in attempt.gpus)
+        return 1.0 / max(1.0, load)
+
+    def _reserved(self, node: int, gpu: int) -> int:
+        return sum(a.request_mb for a in self._on(node, gpu))
+
+    def _used(self, node: int, gpu: int) -> float:
+        return sum(a.usage_mb() for a in self._on(node, gpu))
+
+    # --- decisions --------------------------------------------------------------------------------
+
+    def _decide(self) -> list[tuple[Waiting, int, tuple[int, ...]]]:
+        self.result.decisions += 1
+        if self.policy in CONFIGS:
+            return self._decide_ledger()
+        if self.policy == "exclusive":
+            return self._decide_simple(lambda n, g, w: not self._on(n, g), strict=True)
+        return self._decide_simple(lambda n, g, w: self.sizes[g] - self._used(n, g) >= w.request_mb, strict=False)
+
+    def _decide_ledger(self) -> list[tuple[Waiting, int, tuple[int, ...]]]:
+        rates = {id(a): self._rate(a) for a in self.running}
+        nodes = [
+            NodeState(
+                str(n),
+                10**6,
+                tuple(
+                    GpuState(g, size - self._reserved(n, g), sum(a.job.util for a in self._on(n, g)))
+                    for g, size in enumerate(self.sizes)
+                ),
+            )
+            for n in range(self.nodes)
+        ]
+        running = [
+            RunningJob(
+                str(a.node), a.gpus, a.request_mb, a.job.util, self.now + (a.job.duration_s - a.done) / rates[id(a)]
+            )
+            for a in self.running
+        ]
+        pending = [
+            PendingJob(w.index, w.request_mb, w.job.gpus, 0, w.job.submit_s, w.job.user, w.job.util, w.job.duration_s)
+            for w in self.waiting
+        ]
+        self.usage.advance(self.now)
+        users = {user: UserState(usage=value) for user, value in self.usage.value.items()}
+        decision = schedule(pending, nodes, self.now, running=running, users=users, config=CONFIGS[self.policy])
+        by_index = {w.index: w for w in self.waiting}
+        return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
+
+    def _decide_simple(
+        self, free: Callable[[int, int, Waiting], bool], strict: bool
+    ) -> list[tuple[Waiting, int, tuple[int, ...]]]:
+        """FIFO; `free(node, gpu, job)` says whether a GPU can take the job (no ledger)."""
+        starts = []
+        taken: set[tuple[int, int]] = set()
+        for w in sorted(self.waiting, key=lambda w: (w.job.submit_s, w.index)):
+            placed = False
+            for n in range(self.nodes):
+                gpus = [g for g in range(len(self.sizes)) if (n, g) not in taken and free(n, g, w)]
+                if len(gpus) >= w.job.gpus:
+                    chosen = tuple(gpus[: w.job.gpus])
+                    if self.policy == "exclusive":
+                        taken.update((n, g) for g in chosen)
+                    starts.append((w, n, chosen))
+                    placed = True
+                    break
+            if strict and not placed:
+                break
+        return starts
+
+    def _start(self, waiting: Waiting, node: int, gpus: tuple[int, ...]) -> None:
+        self.waiting.remove(waiting)
+        attempt = Attempt(waiting.job, waiting.index, waiting.number, waiting.request_mb, node, gpus, self.now)
+        self.running.append(attempt)
+        self.result.attempts.append(attempt)
+        self.result.first_start.setdefault(waiting.index, self.now)
+        self.usage.advance(self.now)
+        self.usage.reserve(waiting.job.user, waiting.request_mb * len(gpus) / 1024)
+
+    def _end(self, attempt: Attempt, outcome: str) -> None:
+        attempt.end, attempt.outcome = self.now, outcome
+        self.running.remove(attempt)
+        self.usage.advance(self.now)
+        self.usage.reserve(attempt.job.user, -attempt.request_mb * len(attempt.gpus) / 1024)
+        job = attempt.job
+        if outcome == "succeeded":
+            self.result.finished[attempt.index] = (self.now, True)
+        elif attempt.number <= self.max_retries:
+            request = attempt.request_mb
+            if outcome == "oom" and self.policy in CONFIGS:
+                request = grown_request(request, max(self.sizes))
+            self.waiting.append(Waiting(attempt.index, job, request, attempt.number + 1))
+        else:
+            self.result.finished[attempt.index] = (self.now, False)
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def _cap_mb(self, attempt: Attempt) -> float:
+        """The memory at which the attempt fails by itself: its request under a ledger, else its GPU."""
+        if self.policy in CONFIGS:
+            return attempt.request_mb
+        return min(self.sizes[g] for g in attempt.gpus)
+
+    def _next_event(self, next_arrival: float) -> float:
+        soonest = next_arrival
+        for a in self.running:
+            rate = self._rate(a)
+            soonest = min(soonest, self.now + (a.job.duration_s - a.done) / rate)
+            cap = self._cap_mb(a)
+            if a.job.peak_mb > cap:
+                at = GROWTH_FRACTION * a.job.duration_s * cap / a.job.peak_mb
+                soonest = min(soonest, self.now + max(0.0, at - a.done) / rate)
+            if a.growing():
+                soonest = min(soonest, self.now + (GROWTH_FRACTION * a.job.duration_s - a.done) / rate)
+        if self.policy == "free-memory":
+            soonest = min(soonest, self._overflow_time())
+        return soonest
+
+    def _overflow_time(self) -> float:
+        """When the growing jobs on some GPU first need more memory than it has."""
+        soonest = math.inf
+        for n in range(self.nodes):
+            for g, size in enumerate(self.sizes):
+                on = self._on(n, g)
+                slope = sum(
+                    a.job.peak_mb / (GROWTH_FRACTION * a.job.duration_s) * self._rate(a) for a in on if a.growing()
+                )
+                if slope > 0:
+                    soonest = min(soonest, self.now + max(0.0, size - self._used(n, g)) / slope)
+        return soonest
+
+    def _settle(self) -> None:
+        """End what the clock has reached: completions, caps hit, GPUs overflowing."""
+        for a in list(self.running):
+            cap = self._cap_mb(a)
+            if a.job.peak_mb > cap and a.usage_mb() >= cap - 1e-6:
+                self._end(a, "oom")
+            elif a.done >= a.job.duration_s - EPS:
+                self._end(a, "succeeded")
+        if self.policy == "free-memory":
+            for n in range(self.nodes):
+                for g, size in enumerate(self.sizes):
+                    while self._used(n, g) >= size - 1e-6:  # full, and someone still needs more
+                        victim = max((a for a in self._on(n, g) if a.growing()), key=lambda a: a.start, default=None)
+                        if victim is None:
+                            break
+                        self._end(victim, "oom" if victim.usage_mb() > victim.request_mb else "oom_other")
+
+    def run(self) -> Result:
+        arrivals = list(self.trace)
+        while arrivals or self.waiting or self.running:
+            while arrivals and arrivals[0][1].submit_s <= self.now + EPS:
+                index, job = arrivals.pop(0)
+                self.waiting.append(Waiting(index, job, job.vram_mb))
+            if self.waiting:
+                for waiting, node, gpus in self._decide():
+                    self._start(waiting, node, gpus)
+            next_arrival = arrivals[0][1].submit_s if arrivals else math.inf
+            soonest = self._next_event(next_arrival)
+            if soonest == math.inf:
+                for w in list(self.waiting):  # nothing runs, nothing arrives: these can never start
+                    self.result.finished[w.index] = (self.now, False)
+                    self.waiting.remove(w)
+                break
+            rates = {id(a): self._rate(a) for a in self.running}
+            elapsed = max(0.0, soonest - self.now)
+            for a in self.running:
+                a.done = min(a.job.duration_s, a.done + elapsed * rates[id(a)])
+            self.now = soonest
+            self._settle()
+        return self.result

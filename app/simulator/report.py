@@ -1,0 +1,128 @@
+"""Figures of a simulated schedule, the schedule rows, and checks that the schedule was feasible."""
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from app.simulator.engine import CONFIGS, Result, Simulation
+from app.simulator.trace import TraceJob, lower_bound
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))]
+
+
+def jain(values: list[float]) -> float:
+    """Jain's fairness index: 1 when every value is equal, 1/n when one user gets everything."""
+    if not values or not any(values):
+        return 1.0
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+
+
+def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
+    trace = [job for _, job in sorted(sim.trace)]
+    gpu_count = len(sim.sizes) * sim.nodes
+    total_mb = sum(sim.sizes) * sim.nodes
+    ends = [end for end, _ in result.finished.values()]
+    makespan = max(ends, default=0.0)
+    bound = lower_bound(trace, gpu_count, total_mb)
+    jct, wait, per_user = [], [], defaultdict(lambda: {"jobs": 0, "jct": [], "wait": [], "slowdown": []})
+    for index, (end, succeeded) in result.finished.items():
+        job = trace[index]
+        user = per_user[job.user]
+        user["jobs"] += 1
+        if not succeeded:
+            continue
+        started = result.first_start[index]
+        jct.append(end - job.submit_s)
+        wait.append(started - job.submit_s)
+        user["jct"].append(end - job.submit_s)
+        user["wait"].append(started - job.submit_s)
+        user["slowdown"].append((end - job.submit_s) / job.duration_s)
+    memory_time = sum(a.request_mb * len(a.gpus) * ((a.end or makespan) - a.start) for a in result.attempts)
+    users = {
+        name: {
+            "jobs": u["jobs"],
+            "mean_jct_s": statistics.fmean(u["jct"]) if u["jct"] else None,
+            "mean_wait_s": statistics.fmean(u["wait"]) if u["wait"] else None,
+            "mean_slowdown": statistics.fmean(u["slowdown"]) if u["slowdown"] else None,
+        }
+        for name, u in sorted(per_user.items())
+    }
+    slowdowns = [u["mean_slowdown"] for u in users.values() if u["mean_slowdown"] is not None]
+    return {
+        "policy": sim.policy,
+        "jobs": len(trace),
+        "gpus": gpu_count,
+        "makespan_s": round(makespan, 1),
+        "lower_bound_s": round(bound, 1),
+        "makespan_over_bound": round(makespan / bound, 4) if bound else None,
+        "mean_jct_s": round(statistics.fmean(jct), 1) if jct else None,
+        "p95_jct_s": round(percentile(jct, 0.95), 1),
+        "mean_wait_s": round(statistics.fmean(wait), 1) if wait else None,
+        "p95_wait_s": round(percentile(wait, 0.95), 1),
+        "mem_utilization": round(memory_time / (total_mb * makespan), 4) if makespan else 0.0,
+        "oom_failures": sum(1 for a in result.attempts if a.outcome in ("oom", "oom_other")),
+        "oom_caused_by_others": sum(1 for a in result.attempts if a.outcome == "oom_other"),
+        "completed": sum(1 for _, ok in result.finished.values() if ok),
+        "failed": sum(1 for _, ok in result.finished.values() if not ok),
+        "decisions": result.decisions,
+        "jain_fairness": round(jain(slowdowns), 4),
+        "users": users,
+    }
+
+
+def schedule_rows(sim: Simulation, result: Result) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": a.job.job_id,
+            "attempt": a.number,
+            "node": f"node-{a.node}",
+            "gpu_indices": ";".join(str(g) for g in a.gpus),
+            "start_s": round(a.start, 3),
+            "end_s": round(a.end if a.end is not None else a.start, 3),
+            "vram_mb": a.request_mb,
+            "outcome": a.outcome,
+        }
+        for a in sorted(result.attempts, key=lambda a: (a.start, a.job.job_id, a.number))
+    ]
+
+
+def write_schedule(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = ["job_id", "attempt", "node", "gpu_indices", "start_s", "end_s", "vram_mb", "outcome"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def infeasibilities(trace: list[TraceJob], rows: list[dict[str, Any]], sizes: list[int], ledger: bool) -> list[str]:
+    """Each way the schedule breaks physics or the ledger: starts before submission, and (for a ledger
+    policy) reservations on a GPU above its memory at any moment."""
+    submitted = {job.job_id: job.submit_s for job in trace}
+    problems = [
+        f"{r['job_id']} starts at {r['start_s']} before its submission"
+        for r in rows
+        if r["start_s"] < submitted[r["job_id"]] - 1e-3
+    ]
+    if ledger:
+        events: dict[tuple[str, int], list[tuple[float, int]]] = defaultdict(list)
+        for r in rows:
+            for g in str(r["gpu_indices"]).split(";"):
+                events[r["node"], int(g)] += [(r["start_s"], r["vram_mb"]), (r["end_s"], -r["vram_mb"])]
+        for (node, gpu), changes in events.items():
+            held = 0
+            for moment, delta in sorted(changes, key=lambda c: (c[0], c[1])):  # releases first at a tie
+                held += delta
+                if held > sizes[gpu]:
+                    problems.append(f"{node} GPU {gpu} holds {held} MB at {moment} (it has {sizes[gpu]} MB)")
+    return problems
+
+
+def uses_ledger(policy: str) -> bool:
+    return policy in CONFIGS

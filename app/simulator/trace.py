@@ -1,0 +1,88 @@
+"""The trace format of ../shared/WORKLOADS.md, and the physical lower bound on its makespan."""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+COLUMNS = ("job_id", "submit_s", "user", "vram_mb", "peak_mb", "duration_s", "util")
+
+
+class TraceError(ValueError):
+    """Raised when a trace file does not follow the format."""
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    job_id: str
+    submit_s: float
+    user: str
+    vram_mb: int  # what it requests per GPU
+    peak_mb: int  # what it really uses at its peak
+    duration_s: float  # solo run time on an idle GPU
+    util: float  # solo compute utilisation, 0 < util <= 1
+    gpus: int = 1
+
+
+def load_trace(path: Path) -> list[TraceJob]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TraceError(f"{path}: missing columns {', '.join(missing)}")
+        jobs = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                job = TraceJob(
+                    job_id=row["job_id"],
+                    submit_s=float(row["submit_s"]),
+                    user=row["user"],
+                    vram_mb=int(float(row["vram_mb"])),
+                    peak_mb=int(float(row["peak_mb"])),
+                    duration_s=float(row["duration_s"]),
+                    util=float(row["util"]),
+                    gpus=int(row.get("gpus") or 1),
+                )
+            except (TypeError, ValueError) as exc:
+                raise TraceError(f"{path}:{line}: {exc}") from exc
+            if job.submit_s < 0 or job.vram_mb <= 0 or job.peak_mb < 0 or job.duration_s <= 0 or job.gpus < 1:
+                raise TraceError(f"{path}:{line}: sizes and durations must be positive")
+            if not 0 < job.util <= 1:
+                raise TraceError(f"{path}:{line}: util must be in (0, 1]")
+            jobs.append(job)
+    ids = [job.job_id for job in jobs]
+    if len(set(ids)) != len(ids):
+        raise TraceError(f"{path}: job_id values must be unique")
+    return jobs
+
+
+def write_trace(path: Path, jobs: list[TraceJob]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*COLUMNS, "gpus"])
+        for j in jobs:
+            writer.writerow(
+                [
+                    j.job_id,
+                    f"{j.submit_s:.3f}",
+                    j.user,
+                    j.vram_mb,
+                    j.peak_mb,
+                    f"{j.duration_s:.3f}",
+                    f"{j.util:.4f}",
+                    j.gpus,
+                ]
+            )
+
+
+def lower_bound(jobs: list[TraceJob], gpu_count: int, total_mb: int) -> float:
+    """No schedule finishes before this (WORKLOADS.md): the longest job, the memory-time area and the
+    compute-time area released after each submission time."""
+    if not jobs:
+        return 0.0
+    bound = max(job.submit_s + job.duration_s for job in jobs)
+    memory = compute = 0.0
+    for job in sorted(jobs, key=lambda j: j.submit_s, reverse=True):
+        memory += job.gpus * job.vram_mb * job.duration_s / total_mb
+        compute += job.gpus * job.util * job.duration_s / gpu_count
+        bound = max(bound, job.submit_s + memory, job.submit_s + compute)
+    return bound
