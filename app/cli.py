@@ -186,6 +186,46 @@ def health(
     typer.echo("healthy")
 
 
+@app.command()
+def simulate(
+    trace: Annotated[Path, typer.Option(help="CSV trace (format in WORKLOADS.md)", exists=True, dir_okay=False)],
+    gpus: Annotated[str, typer.Option(help="GPUs of each node, e.g. 4x24GiB")] = "4x24GiB",
+    nodes: Annotated[int, typer.Option(min=1)] = 1,
+    policy: Annotated[str, typer.Option(help="vramq | fifo-ledger | exclusive | free-memory")] = "vramq",
+    schedule_out: Annotated[Path | None, typer.Option(help="write one CSV row per attempt")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+) -> None:
+    """Replay a trace through the placement policy on a simulated clock."""
+    from app.simulator.engine import POLICIES, Simulation
+    from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger, write_schedule
+    from app.simulator.trace import TraceError, load_trace
+    from app.units import parse_gpu_spec
+
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
+    try:
+        sizes = parse_gpu_spec(gpus)
+        jobs = load_trace(trace)
+    except (TraceError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    sim = Simulation(jobs, sizes, nodes=nodes, policy=policy)
+    result = sim.run()
+    figures = summarise(sim, result)
+    rows = schedule_rows(sim, result)
+    figures["infeasible"] = infeasibilities(jobs, rows, sizes, uses_ledger(policy))
+    if schedule_out:
+        write_schedule(schedule_out, rows)
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    for key, value in figures.items():
+        if key != "users":
+            typer.echo(f"{key:>22}: {value}")
+    for name, user in figures["users"].items():
+        typer.echo(f"{name:>22}: {user}")
+
+
 def _nvml_available() -> bool:
     from worker.gpu import GpuBackendError
     from worker.gpu.nvml import NvmlBackend

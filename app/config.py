@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     cap_tolerance_mb: int = Field(default=256, ge=0, description="watchdog slack above a reservation")
     cancel_grace_s: float = Field(default=5.0, gt=0, description="SIGTERM to SIGKILL")
     dispatch_interval_s: float = Field(default=0.5, gt=0)
+    fair_share_half_life_h: float = Field(default=24.0, gt=0, description="decay of past usage in fair share")
+    quota_running: int | None = Field(default=None, ge=1, description="per user: jobs running at once")
+    quota_reserved_mb: int | None = Field(default=None, ge=1, description="per user: VRAM reserved at once")
+    quota_queued: int | None = Field(default=None, ge=1, description="per user: jobs waiting; more are refused")
     sample_interval_s: float = Field(default=0.5, gt=0, description="watchdog and log sampling")
 
     @field_validator("home")

@@ -20,6 +20,9 @@ RUN_HEARTBEAT_TTL_S = 10.0
 LEADER_KEY = f"{PREFIX}:scheduler:leader"
 LEADER_TTL_S = 5.0
 
+# job id -> why it waits and when it may start, rewritten by the leader every tick.
+PENDING_KEY = f"{PREFIX}:pending"
+
 # A dispatched job whose RQ message is missing this long after dispatch is enqueued again (Redis lost it).
 REENQUEUE_AFTER_S = 10.0
 

@@ -83,6 +83,13 @@ class VramUnsatisfiable(VramqError):
     status = 422
 
 
+class QuotaExceeded(VramqError):
+    """Raised when a user already has as many queued jobs as the quota allows."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
 class NoHistory(VramqError):
     """Raised when vram_mb is "auto" but no earlier successful run of the same job measured its peak."""
 

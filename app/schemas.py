@@ -111,6 +111,8 @@ class JobOut(BaseModel):
     keras: dict[str, Any] | None
     suggested_vram_mb: int | None = None
     warnings: list[str] = []
+    pending_reason: str | None = None  # while queued: what it waits for
+    estimated_start: datetime | None = None  # while queued, when it can be known
     attempt: int
     node: str | None
     gpu_indices: list[int] | None
@@ -148,6 +150,12 @@ class MetricOut(BaseModel):
     time: datetime
 
 
+class ForeignProcess(BaseModel):
+    pid: int
+    user: str | None
+    used_mb: int
+
+
 class GpuOut(BaseModel):
     node: str
     index: int
@@ -161,6 +169,7 @@ class GpuOut(BaseModel):
     available_mb: int
     simulated: bool
     jobs: list[int]
+    processes: list[ForeignProcess] = []  # processes vramq did not start, with their Unix user
 
 
 class ModelOut(BaseModel):

@@ -1,6 +1,9 @@
 """The placement policy is a pure function: these tests need no service."""
 
+import math
 import random
+
+import pytest
 
 from app.scheduler.policy import GpuState, NodeState, PendingJob, place
 
@@ -59,3 +62,119 @@ def test_random_placements_never_over_commit() -> None:
         for state in nodes:
             for gpu in state.gpus:
                 assert charged.get((state.name, gpu.index), 0) <= gpu.available_mb
+
+
+# --- fair share, quotas, backfill, reasons -------------------------------------------------------
+
+from app.scheduler.fairshare import DecayedUsage, decayed_gb_hours  # noqa: E402
+from app.scheduler.policy import PolicyConfig, Quotas, RunningJob, UserState, schedule  # noqa: E402
+
+
+def test_decayed_usage_halves_each_half_life() -> None:
+    day = 24 * 3600.0
+    recent = decayed_gb_hours([(day * 9, day * 10, 10.0)], now=day * 10, half_life_s=day)
+    older = decayed_gb_hours([(day * 8, day * 9, 10.0)], now=day * 10, half_life_s=day)
+
+    assert older == pytest.approx(recent / 2)
+    assert recent == pytest.approx(10 * 24 / (2 * math.log(2)), rel=1e-6)  # 10 GB over a day, decayed
+
+
+def test_incremental_usage_matches_the_closed_form() -> None:
+    usage = DecayedUsage(half_life_s=3600)
+    usage.advance(100)
+    usage.reserve("a", 8.0)
+    usage.advance(5000)
+    usage.reserve("a", -8.0)
+    usage.advance(9000)
+
+    assert usage.value["a"] == pytest.approx(decayed_gb_hours([(100, 5000, 8.0)], 9000, 3600))
+
+
+def test_a_light_user_goes_before_a_heavy_users_backlog() -> None:
+    heavy = [PendingJob(i, 6000, submitted=i, user="heavy", util=0.1) for i in range(100)]
+    light = [PendingJob(100 + i, 6000, submitted=200 + i, user="light", util=0.1) for i in range(5)]
+    users = {"heavy": UserState(usage=50.0), "light": UserState(usage=0.0)}
+
+    placements = schedule(heavy + light, [node("a", 24000, 24000)], now=0, users=users).placements
+
+    assert [p.job_id for p in placements][:5] == [100, 101, 102, 103, 104]
+
+
+def test_fair_share_alternates_between_equal_users() -> None:
+    jobs = [PendingJob(i, 1000, submitted=i, user="a", util=0.1) for i in range(4)]
+    jobs += [PendingJob(10 + i, 1000, submitted=10 + i, user="b", util=0.1) for i in range(4)]
+
+    placements = schedule(jobs, [node("a", 4000, slots=4)], now=0).placements
+
+    assert sorted(p.job_id for p in placements) == [0, 1, 10, 11]
+
+
+def test_quotas_hold_jobs_back_with_a_reason() -> None:
+    config = PolicyConfig(quotas=Quotas(running=2, reserved_mb=10000))
+    users = {"a": UserState(running=1, reserved_mb=1000)}
+    pending = [PendingJob(1, 1000, user="a"), PendingJob(2, 1000, user="a", submitted=1),
+               PendingJob(3, 9500, user="b")]
+
+    decision = schedule(pending, [node("n", 24000, 24000)], now=0, users=users, config=config)
+
+    assert [p.job_id for p in decision.placements] == [1, 3]
+    assert decision.waiting[2].reason == "user quota: 2 running jobs"
+
+
+def test_pending_reason_names_the_shortfall() -> None:
+    decision = schedule([PendingJob(1, 12000)], [node("node-a", 8000, 6000)], now=0)
+
+    assert decision.waiting[1].reason == "needs 12000 MB on one GPU; most available now: 8000 MB on node-a GPU 0"
+
+
+def test_backfill_never_delays_the_reserved_head() -> None:
+    """A 20000 MB job waits for a 16000 MB job ending at t=100. Later jobs may start ahead of it only if
+    they end by t=100 or leave it 20000 MB then: its start stays at t=100."""
+    running = [RunningJob("a", (0,), 16000, util=0.3, expected_end=100.0)]
+    head = PendingJob(1, 20000, submitted=0, duration_s=50)
+    short = PendingJob(2, 4000, submitted=1, duration_s=60, util=0.2)
+    long = PendingJob(3, 5000, submitted=0.5, duration_s=1000, util=0.2)
+    beside = PendingJob(4, 3000, submitted=3, duration_s=1000, util=0.2)
+    nodes = [NodeState("a", 8, (GpuState(0, 24000 - 16000, util=0.3),))]
+
+    config = PolicyConfig(critical_share=None)  # backfill alone: no job jumps the order for being long
+    decision = schedule([head, short, long, beside], nodes, now=0, running=running, config=config)
+
+    assert sorted(p.job_id for p in decision.placements) == [2, 4]
+    assert decision.waiting[1].estimated_start == 100.0
+    assert "held for job 1" in decision.waiting[3].reason
+
+
+def test_without_known_ends_the_held_gpu_takes_no_backfill() -> None:
+    running = [RunningJob("a", (0,), 16000, expected_end=None)]
+    nodes = [NodeState("a", 8, (GpuState(0, 8000), GpuState(1, 3000)))]
+    pending = [PendingJob(1, 20000), PendingJob(2, 2000, submitted=1), PendingJob(3, 2500, submitted=2)]
+
+    decision = schedule(pending, nodes, now=0, running=running, config=PolicyConfig(critical_share=None))
+
+    assert [(p.job_id, p.gpu_indices) for p in decision.placements] == [(2, (1,))]
+    assert decision.waiting[1].estimated_start is None
+
+
+def test_strict_order_blocks_behind_the_head() -> None:
+    config = PolicyConfig(fair_share=False, backfill=False, compute_cap=None, critical_share=None)
+    decision = schedule([PendingJob(1, 9000), PendingJob(2, 100, submitted=1)], [node("a", 8000)], now=0, config=config)
+
+    assert decision.placements == []
+    assert decision.waiting[2].reason == "waiting behind job 1 (strict order)"
+
+
+def test_compute_cap_spreads_busy_jobs() -> None:
+    pending = [PendingJob(i, 2000, util=0.7, submitted=i) for i in range(3)]
+
+    decision = schedule(pending, [node("a", 24000, 24000)], now=0)
+
+    # Memory alone would stack all three on one GPU; compute allows one more on a GPU below saturation.
+    assert sorted(p.gpu_indices for p in decision.placements) == [(0,), (0,), (1,)]
+
+
+def test_a_saturated_gpu_takes_no_more_work() -> None:
+    decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.0),))], now=0)
+
+    assert decision.placements == []
+    assert "compute-saturated" in decision.waiting[1].reason

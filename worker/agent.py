@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import psutil
 from redis import Redis
 
 from app.config import Settings
@@ -32,7 +33,9 @@ def snapshot(backend: GpuBackend, node: str, slots: int, job_pgids: dict[int, in
         except ProcessLookupError:
             continue
         processes.setdefault(process.gpu_index, []).append(
-            GpuProcessInfo(pid=process.pid, used_mb=process.used_mb, job_id=job_id)
+            GpuProcessInfo(
+                pid=process.pid, used_mb=process.used_mb, job_id=job_id, user=_owner(process.pid), util=process.util
+            )
         )
     gpus = []
     for gpu in backend.gpus():
@@ -116,3 +119,10 @@ class NodeAgent:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _owner(pid: int) -> str | None:
+    try:
+        return str(psutil.Process(pid).username())
+    except (psutil.Error, KeyError):
+        return None

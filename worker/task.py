@@ -43,6 +43,7 @@ class Attempt:
     time_limit_s: int | None
     dir: Path
     peak_mb: int = 0
+    utils: list[float] = field(default_factory=list)  # compute utilisation samples, where the GPU tells
     stopped: Stopped | None = None
     tail: metrics.MetricsTail = field(init=False)
 
@@ -154,17 +155,20 @@ def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
     ctx.redis.set(key, ctx.settings.node, px=int(RUN_HEARTBEAT_TTL_S * 1000))
 
 
-def _group_usage_mb(ctx: WorkerContext, pgid: int) -> int:
-    """The most memory the job's process group holds on any one of its GPUs."""
-    per_gpu: dict[int, int] = {}
+def _group_usage(ctx: WorkerContext, pgid: int) -> tuple[int, float | None]:
+    """The most memory the job's process group holds on any one of its GPUs, and its compute share there."""
+    memory: dict[int, int] = {}
+    compute: dict[int, float] = {}
     for process in ctx.backend.processes():
         try:
             if os.getpgid(process.pid) != pgid:
                 continue
         except ProcessLookupError:
             continue
-        per_gpu[process.gpu_index] = per_gpu.get(process.gpu_index, 0) + process.used_mb
-    return max(per_gpu.values(), default=0)
+        memory[process.gpu_index] = memory.get(process.gpu_index, 0) + process.used_mb
+        if process.util is not None:
+            compute[process.gpu_index] = compute.get(process.gpu_index, 0.0) + process.util
+    return max(memory.values(), default=0), (max(compute.values()) if compute else None)
 
 
 def _cancel_requested(ctx: WorkerContext, job_id: int) -> bool:
@@ -184,7 +188,10 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
             pass
         _heartbeat(ctx, attempt)
         _ingest_metrics(ctx, attempt)
-        attempt.peak_mb = max(attempt.peak_mb, _group_usage_mb(ctx, process.pid))
+        used_mb, util = _group_usage(ctx, process.pid)
+        attempt.peak_mb = max(attempt.peak_mb, used_mb)
+        if util is not None:
+            attempt.utils.append(min(1.0, util))
         if attempt.peak_mb > attempt.vram_mb + settings.cap_tolerance_mb:
             attempt.stopped = Stopped.CAP_EXCEEDED
         elif deadline is not None and time.monotonic() >= deadline:
@@ -222,6 +229,11 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             peak_vram_mb=attempt.peak_mb or None,
             next_vram_mb=next_vram_mb,
         )
+        if reached is not None and attempt.utils:
+            mean_util = sum(attempt.utils) / len(attempt.utils)
+            session.execute(
+                update(Run).where(Run.job_id == job.id, Run.attempt == attempt.attempt).values(util=mean_util)
+            )
         if reached is JobStatus.SUCCEEDED:
             _register_models(session, job, attempt)
     if reached is JobStatus.QUEUED and next_vram_mb is not None:

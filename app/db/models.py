@@ -99,6 +99,7 @@ class Run(Base):
     outcome: Mapped[JobStatus | None] = mapped_column(str_enum(JobStatus))
     failure_reason: Mapped[FailureReason | None] = mapped_column(str_enum(FailureReason))
     peak_vram_mb: Mapped[int | None]
+    util: Mapped[float | None]  # mean measured GPU compute utilisation, 0..1
     log_path: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)
     reserved_at: Mapped[datetime] = mapped_column(default=utcnow)

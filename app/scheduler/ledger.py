@@ -38,7 +38,14 @@ def available_mb(total_mb: int, reserved_mb: int, foreign_mb: int, margin_mb: in
     return max(0, total_mb - reserved_mb - foreign_mb - margin_mb)
 
 
-def node_states(snapshots: Sequence[NodeSnapshot], reservations: Reservations, margin_mb: int) -> list[NodeState]:
+def node_states(
+    snapshots: Sequence[NodeSnapshot],
+    reservations: Reservations,
+    margin_mb: int,
+    loads: dict[tuple[str, int], float] | None = None,
+) -> list[NodeState]:
+    """The policy's view of the live nodes; `loads` is the expected compute load of each GPU."""
+    loads = loads or {}
     return [
         NodeState(
             name=snap.node,
@@ -47,6 +54,7 @@ def node_states(snapshots: Sequence[NodeSnapshot], reservations: Reservations, m
                 GpuState(
                     gpu.index,
                     available_mb(gpu.total_mb, reservations.mb[snap.node, gpu.index], gpu.foreign_mb, margin_mb),
+                    loads.get((snap.node, gpu.index), 0.0),
                 )
                 for gpu in snap.gpus
             ),

@@ -3,8 +3,8 @@
 import contextlib
 import logging
 import threading
-import time
 import uuid
+from collections import defaultdict
 from datetime import timedelta
 
 from redis import Redis
@@ -28,10 +28,12 @@ from app.constants import (
 from app.db.models import Job, utcnow
 from app.db.session import lock_ledger, transaction
 from app.enums import ACTIVE, FailureReason, JobStatus
+from app.scheduler import inputs
 from app.scheduler.ledger import active_reservations, node_states
-from app.scheduler.policy import PendingJob, Placement, place
+from app.scheduler.policy import Placement, PolicyConfig, Quotas, schedule
 from app.services import transitions
 from app.services.nodes import NodeSnapshot, live_nodes
+from app.services.waiting import publish_waiting
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class Scheduler:
         self.sessions = sessions
         self.redis = redis
         self.lock = LeaderLock(redis)
+        self.config = PolicyConfig(
+            quotas=Quotas(running=settings.quota_running, reserved_mb=settings.quota_reserved_mb)
+        )
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -91,24 +96,37 @@ class Scheduler:
         return self.dispatch(nodes)
 
     def dispatch(self, nodes: list[NodeSnapshot]) -> list[Placement]:
-        """Check and write the ledger in one transaction, then enqueue; a lost enqueue is redone by reconcile."""
-        if not nodes:
-            return []
+        """Check and write the ledger in one transaction, then enqueue; a lost enqueue is redone by reconcile.
+        Why each other queued job waits goes to Redis for the API to show."""
+        now = utcnow()
         with transaction(self.sessions) as session:
             lock_ledger(session)
             queued = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED)).all()
             if not queued:
+                publish_waiting(self.redis, {})
                 return []
-            states = node_states(nodes, active_reservations(session), self.settings.safety_margin_mb)
-            pending = [
-                PendingJob(job.id, job.vram_mb, job.gpus, job.priority, job.created_at.timestamp()) for job in queued
-            ]
+            active = session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
+            utils = inputs.expected_utils(session, sorted({j.fingerprint for j in [*queued, *active] if j.fingerprint}))
+            running = inputs.running_jobs(active, utils)
+            loads: dict[tuple[str, int], float] = defaultdict(float)
+            for job in running:
+                for index in job.gpu_indices:
+                    loads[job.node, index] += job.util
+            decision = schedule(
+                inputs.pending_jobs(queued, utils),
+                node_states(nodes, active_reservations(session), self.settings.safety_margin_mb, loads),
+                now.timestamp(),
+                running=running,
+                users=inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600),
+                config=self.config,
+            )
             by_id = {job.id: job for job in queued}
             placements = [
                 p
-                for p in place(pending, states, time.time())
+                for p in decision.placements
                 if transitions.dispatch(session, by_id[p.job_id], p.node, list(p.gpu_indices))
             ]
+        publish_waiting(self.redis, decision.waiting)
         for placement in placements:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         return placements

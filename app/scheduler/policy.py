@@ -274,11 +274,11 @@ def schedule(
         consider(job)
     rest = [p for p in pending if p.id not in critical]
     heap: list[tuple[float, tuple[int, float, int], int, deque[PendingJob]]] = []
-    for n, queue in enumerate(fair_order(rest, users, config.fair_share)):
-        if queue:
-            first = queue[0]
+    for n, ordered in enumerate(fair_order(rest, users, config.fair_share)):
+        if ordered:
+            first = ordered[0]
             usage = users.get(first.user, UserState()).usage if config.fair_share else 0.0
-            heap.append((usage, (-first.priority, first.submitted, first.id), n, deque(queue)))
+            heap.append((usage, (-first.priority, first.submitted, first.id), n, deque(ordered)))
     heapq.heapify(heap)
     while heap:
         charge, _, n, queue = heapq.heappop(heap)
@@ -321,7 +321,7 @@ def _reserve(cluster: _Cluster, job: PendingJob, now: float, cap: float | None) 
     # No known end frees enough: hold the GPUs closest to fitting, among those that ever could (with
     # every running job gone), until the jobs with unknown ends leave.
     candidates = []
-    for name, node in cluster.nodes.items():
+    for name in cluster.nodes:
         potential = _potential(cluster, name)
         able = sorted((i for i in potential if potential[i] >= job.vram_mb), key=lambda i: -cluster.free[name, i])
         if len(able) >= job.gpus:

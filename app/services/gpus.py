@@ -4,7 +4,7 @@ from redis import Redis
 from sqlalchemy.orm import Session
 
 from app.scheduler.ledger import active_reservations, available_mb
-from app.schemas import GpuOut
+from app.schemas import ForeignProcess, GpuOut
 from app.services.nodes import live_nodes
 
 
@@ -24,6 +24,9 @@ def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
             available_mb=available_mb(gpu.total_mb, reservations.mb[snap.node, gpu.index], gpu.foreign_mb, margin_mb),
             simulated=snap.simulated,
             jobs=sorted(reservations.jobs[snap.node, gpu.index]),
+            processes=[
+                ForeignProcess(pid=p.pid, user=p.user, used_mb=p.used_mb) for p in gpu.processes if p.job_id is None
+            ],
         )
         for snap in live_nodes(redis)
         for gpu in snap.gpus

@@ -1,6 +1,7 @@
 """Submitting, listing, reading and cancelling jobs."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,21 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
-from app.errors import JobFinished, JobNotFound, NoHistory, RunNotFound, VramUnsatisfiable
+from app.errors import JobFinished, JobNotFound, NoHistory, QuotaExceeded, RunNotFound, VramUnsatisfiable
+from app.scheduler.inputs import queued_count
 from app.schemas import JobOut, JobSubmit
 from app.services import sizing, transitions
 from app.services.nodes import live_nodes
+from app.services.waiting import waiting_of
 
 
-def to_out(job: Job, suggested_vram_mb: int | None = None) -> JobOut:
+def to_out(
+    job: Job, suggested_vram_mb: int | None = None, waiting: tuple[str, datetime | None] | None = None
+) -> JobOut:
+    queued = job.status is JobStatus.QUEUED
     return JobOut(
+        pending_reason=(waiting[0] if waiting else "waiting for the scheduler") if queued else None,
+        estimated_start=waiting[1] if waiting and queued else None,
         id=job.id,
         name=job.name,
         user=job.user.name,
@@ -64,10 +72,11 @@ def spec_of(job: Job) -> dict[str, Any]:
     return {key: value for key, value in spec.items() if value is not None}
 
 
-def to_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
-    """Jobs as the API shows them, each with the request its history suggests."""
+def to_outs(session: Session, redis: Redis, jobs: Sequence[Job]) -> list[JobOut]:
+    """Jobs as the API shows them: with the request their history suggests and, while queued, why."""
     peaks = sizing.past_peaks(session, sorted({job.fingerprint for job in jobs if job.fingerprint}))
-    return [to_out(job, sizing.suggest(peaks.get(job.fingerprint or "", []))) for job in jobs]
+    waiting = waiting_of(redis, [job.id for job in jobs if job.status is JobStatus.QUEUED])
+    return [to_out(job, sizing.suggest(peaks.get(job.fingerprint or "", [])), waiting.get(job.id)) for job in jobs]
 
 
 def check_satisfiable(redis: Redis, vram_mb: int, gpus: int, margin_mb: int) -> None:
@@ -100,9 +109,12 @@ def submit(
     margin_mb: int,
     base_dir: Path,
     right_size: bool = False,
+    queued_quota: int | None = None,
 ) -> Job:
     """Validate against the live GPUs and the job's history, then queue it. With `right_size`, the
     request becomes what the history suggests whenever there is history (retrain)."""
+    if queued_quota is not None and queued_count(session, user.id) >= queued_quota:
+        raise QuotaExceeded(f"you already have {queued_quota} queued jobs, the most the quota allows")
     fingerprint = sizing.fingerprint(user.name, spec.command, spec.workdir, base_dir)
     suggested = sizing.suggest(sizing.past_peaks(session, [fingerprint]).get(fingerprint, []))
     warnings = []

@@ -12,6 +12,8 @@ class GpuProcessInfo(BaseModel):
     pid: int
     used_mb: int
     job_id: int | None = None  # None: a process vramq did not start
+    user: str | None = None  # its Unix user, so the admin knows who holds memory outside the queue
+    util: float | None = None
 
 
 class GpuSnapshot(BaseModel):

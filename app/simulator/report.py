@@ -31,11 +31,14 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
     ends = [end for end, _ in result.finished.values()]
     makespan = max(ends, default=0.0)
     bound = lower_bound(trace, gpu_count, total_mb)
-    jct, wait, per_user = [], [], defaultdict(lambda: {"jobs": 0, "jct": [], "wait": [], "slowdown": []})
+    jct: list[float] = []
+    wait: list[float] = []
+    per_user: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"jct": [], "wait": [], "slowdown": []})
+    jobs_of: dict[str, int] = defaultdict(int)
     for index, (end, succeeded) in result.finished.items():
         job = trace[index]
         user = per_user[job.user]
-        user["jobs"] += 1
+        jobs_of[job.user] += 1
         if not succeeded:
             continue
         started = result.first_start[index]
@@ -47,14 +50,14 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
     memory_time = sum(a.request_mb * len(a.gpus) * ((a.end or makespan) - a.start) for a in result.attempts)
     users = {
         name: {
-            "jobs": u["jobs"],
+            "jobs": jobs_of[name],
             "mean_jct_s": statistics.fmean(u["jct"]) if u["jct"] else None,
             "mean_wait_s": statistics.fmean(u["wait"]) if u["wait"] else None,
             "mean_slowdown": statistics.fmean(u["slowdown"]) if u["slowdown"] else None,
         }
         for name, u in sorted(per_user.items())
     }
-    slowdowns = [u["mean_slowdown"] for u in users.values() if u["mean_slowdown"] is not None]
+    slowdowns = [statistics.fmean(u["slowdown"]) for u in per_user.values() if u["slowdown"]]
     return {
         "policy": sim.policy,
         "jobs": len(trace),

@@ -3,6 +3,7 @@
 import bisect
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 
 from app.simulator.trace import TraceJob
@@ -25,7 +26,7 @@ MULTI_GPU = 0.01  # 99% of GPU tasks use one GPU
 SWEEP = 0.15  # share of arrivals that are a burst of similar jobs (Venus: heavy bursts)
 
 
-def _quantile(knots: list[tuple[float, float]], p: float, log: bool = False) -> float:
+def _quantile(knots: Sequence[tuple[float, float]], p: float, log: bool = False) -> float:
     i = max(1, bisect.bisect_left([k for k, _ in knots], p))
     (p0, v0), (p1, v1) = knots[i - 1], knots[min(i, len(knots) - 1)]
     share = 0.0 if p1 == p0 else (p - p0) / (p1 - p0)
@@ -62,7 +63,7 @@ def generate(
     specs = specs[:jobs]
     memory_time = sum(j.vram_mb * j.gpus * j.duration_s for j in specs)
     window = memory_time / (load * gpu_mb * len(gpu_sizes_mb) * nodes)
-    gaps, t, times, i = [], 0.0, [], 0
+    t, times, i = 0.0, [], 0
     while i < len(specs):  # Poisson arrivals; a sweep arrives within seconds
         t += rng.expovariate(1.0)
         same = 1

@@ -23,6 +23,7 @@ class GpuProcess:
     pid: int
     gpu_index: int
     used_mb: int  # 0 when the driver cannot tell (NVML gives None inside some containers)
+    util: float | None = None  # recent share of the GPU's compute it used, 0..1; None when unknown
 
 
 class GpuBackend(Protocol):

@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 from worker.gpu.base import GpuBackendError, GpuInfo, GpuProcess
@@ -62,7 +63,19 @@ class NvmlBackend:
                 for info in infos:
                     used = info.usedGpuMemory
                     found[info.pid, index] = GpuProcess(info.pid, index, used // MIB if used else 0)
+            for pid, util in self._utilisation(handle).items():
+                if (pid, index) in found:
+                    found[pid, index] = replace(found[pid, index], util=util)
         return list(found.values())
+
+    def _utilisation(self, handle: object) -> dict[int, float]:
+        """Per-process SM utilisation over the driver's recent samples (not every GPU supports it)."""
+        nvml = self._nvml
+        try:
+            samples = nvml.nvmlDeviceGetProcessUtilization(handle, 0)
+        except (nvml.NVMLError, AttributeError):
+            return {}
+        return {sample.pid: min(1.0, sample.smUtil / 100) for sample in samples}
 
     def close(self) -> None:
         with contextlib.suppress(self._nvml.NVMLError):

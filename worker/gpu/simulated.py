@@ -20,10 +20,10 @@ class SimulatedBackend:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def hold(self, pid: int, gpu_index: int, mb: int) -> None:
-        """Declare that `pid` holds `mb` on `gpu_index` (for as long as it lives)."""
+    def hold(self, pid: int, gpu_index: int, mb: int, util: float | None = None) -> None:
+        """Declare that `pid` holds `mb` on `gpu_index` (for as long as it lives), using `util` of its compute."""
         path = self.directory / f"{pid}.{gpu_index}.json"
-        path.write_text(json.dumps({"gpu": gpu_index, "mb": mb}))
+        path.write_text(json.dumps({"gpu": gpu_index, "mb": mb, "util": util}))
 
     def processes(self) -> list[GpuProcess]:
         found = []
@@ -36,7 +36,8 @@ class SimulatedBackend:
             if not _alive(pid):
                 path.unlink(missing_ok=True)
                 continue
-            found.append(GpuProcess(pid, int(record["gpu"]), int(record["mb"])))
+            util = record.get("util")
+            found.append(GpuProcess(pid, int(record["gpu"]), int(record["mb"]), float(util) if util is not None else None))
         return found
 
     def gpus(self) -> list[GpuInfo]:

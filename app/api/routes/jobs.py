@@ -14,8 +14,16 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def submit(spec: JobSubmit, user: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> JobOut:
-    job = jobs.submit(session, redis, user, spec, margin_mb=settings.safety_margin_mb, base_dir=Path.cwd())
-    [out] = jobs.to_outs(session, [job])
+    job = jobs.submit(
+        session,
+        redis,
+        user,
+        spec,
+        margin_mb=settings.safety_margin_mb,
+        base_dir=Path.cwd(),
+        queued_quota=settings.quota_queued,
+    )
+    [out] = jobs.to_outs(session, redis, [job])
     return out
 
 
@@ -24,6 +32,7 @@ def list_jobs(
     response: Response,
     _: CurrentUser,
     session: SessionDep,
+    redis: RedisDep,
     status: JobStatus | None = None,
     user: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -32,12 +41,12 @@ def list_jobs(
     page = jobs.list_jobs(session, status=status, user=user, limit=limit, before_id=cursor)
     if len(page) == limit:
         response.headers["X-Next-Cursor"] = str(page[-1].id)
-    return jobs.to_outs(session, page)
+    return jobs.to_outs(session, redis, page)
 
 
 @router.get("/{job_id}")
-def get(job_id: int, _: CurrentUser, session: SessionDep) -> JobOut:
-    [out] = jobs.to_outs(session, [jobs.get(session, job_id)])
+def get(job_id: int, _: CurrentUser, session: SessionDep, redis: RedisDep) -> JobOut:
+    [out] = jobs.to_outs(session, redis, [jobs.get(session, job_id)])
     return out
 
 

@@ -55,7 +55,14 @@ def retrain(
     """Submit again the spec that produced this version, sized from its history when there is one."""
     spec = JobSubmit.model_validate(models.get_version(session, name, version).spec)
     job = jobs.submit(
-        session, redis, user, spec, margin_mb=settings.safety_margin_mb, base_dir=Path.cwd(), right_size=True
+        session,
+        redis,
+        user,
+        spec,
+        margin_mb=settings.safety_margin_mb,
+        base_dir=Path.cwd(),
+        right_size=True,
+        queued_quota=settings.quota_queued,
     )
-    [out] = jobs.to_outs(session, [job])
+    [out] = jobs.to_outs(session, redis, [job])
     return out
