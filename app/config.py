@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     host: str = "127.0.0.1"
     port: int = 8000
+    api_workers: int = Field(default=1, ge=1, description="API processes")
     gpus: str | None = None
     node: str = Field(default_factory=socket.gethostname)
     api_url: str = "http://127.0.0.1:8000"

@@ -20,6 +20,9 @@ RUN_HEARTBEAT_TTL_S = 10.0
 LEADER_KEY = f"{PREFIX}:scheduler:leader"
 LEADER_TTL_S = 5.0
 
+# The API pushes here after a submission commits: the leader wakes at once instead of at its next tick.
+SCHEDULER_WAKE_KEY = f"{PREFIX}:scheduler:wake"
+
 # job id -> why it waits and when it may start, rewritten by the leader every tick.
 PENDING_KEY = f"{PREFIX}:pending"
 

@@ -1,6 +1,6 @@
 """Generate a seeded trace from the published workload figures (../shared/WORKLOADS.md).
 
-    .venv/bin/python bench/gen_trace.py --jobs 300 --load 1.2 --gpus 4x24GiB --seed 1 -o trace.csv
+.venv/bin/python bench/gen_trace.py --jobs 300 --load 1.2 --gpus 4x24GiB --seed 1 -o trace.csv
 """
 
 import argparse

@@ -112,8 +112,7 @@ def test_fair_share_alternates_between_equal_users() -> None:
 def test_quotas_hold_jobs_back_with_a_reason() -> None:
     config = PolicyConfig(quotas=Quotas(running=2, reserved_mb=10000))
     users = {"a": UserState(running=1, reserved_mb=1000)}
-    pending = [PendingJob(1, 1000, user="a"), PendingJob(2, 1000, user="a", submitted=1),
-               PendingJob(3, 9500, user="b")]
+    pending = [PendingJob(1, 1000, user="a"), PendingJob(2, 1000, user="a", submitted=1), PendingJob(3, 9500, user="b")]
 
     decision = schedule(pending, [node("n", 24000, 24000)], now=0, users=users, config=config)
 
@@ -174,7 +173,7 @@ def test_compute_cap_spreads_busy_jobs() -> None:
 
 
 def test_a_saturated_gpu_takes_no_more_work() -> None:
-    decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.0),))], now=0)
+    decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.2),))], now=0)
 
     assert decision.placements == []
     assert "compute-saturated" in decision.waiting[1].reason

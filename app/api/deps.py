@@ -23,14 +23,15 @@ def _redis(request: Request) -> Redis:
 
 
 def _session(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed when the route returns, rolled back on an error."""
+    """One transaction per request: committed when the route returns (before the response is sent, so a
+    client that got 201 can read what it wrote), rolled back on an error."""
     with request.app.state.sessions() as session, session.begin():
         yield session
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[Redis, Depends(_redis)]
-SessionDep = Annotated[Session, Depends(_session)]
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False)
 
 

@@ -29,3 +29,8 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (jobs, resources, models):
         app.include_router(module.router, prefix="/api/v1")
     return app
+
+
+def app_from_env() -> FastAPI:
+    """For uvicorn's worker processes, which each build the app from the environment."""
+    return create_app(Settings())

@@ -22,6 +22,7 @@ from app.constants import (
     REENQUEUE_AFTER_S,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
+    SCHEDULER_WAKE_KEY,
     node_queue,
     rq_job_id,
 )
@@ -83,10 +84,17 @@ class Scheduler:
                     log.warning("Redis unavailable, retrying: %s", exc)
                 except Exception:
                     log.exception("scheduler tick failed")
-                stop.wait(self.settings.dispatch_interval_s)
+                self._pause(stop)
         finally:
             with contextlib.suppress(RedisError):
                 self.lock.release()
+
+    def _pause(self, stop: threading.Event) -> None:
+        """Until the next tick, or sooner when the API signals a submission."""
+        try:
+            self.redis.blpop([SCHEDULER_WAKE_KEY], timeout=self.settings.dispatch_interval_s)
+        except RedisError:
+            stop.wait(self.settings.dispatch_interval_s)
 
     def tick(self) -> list[Placement]:
         if not self.lock.acquire_or_renew():

@@ -76,8 +76,8 @@ class Quotas:
 class PolicyConfig:
     fair_share: bool = True
     backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
-    compute_cap: float | None = 1.0  # admit onto a GPU only while its expected compute load is below this
-    critical_share: float | None = 0.8  # jobs this long relative to the packed work ahead start first
+    compute_cap: float | None = 1.15  # admit onto a GPU only while its expected compute load is below this
+    critical_share: float | None = 0.7  # jobs this long relative to the packed work ahead start first
     quotas: Quotas = Quotas()
 
 
@@ -123,6 +123,9 @@ class _Cluster:
         self.running = list(running)
         self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job: never pushed past 1.0
         self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
+        self.most_free = max(self.free.values(), default=0)
+        self.version = 0  # bumped by every placement: cached explanations are stale after one
+        self.reasons: dict[tuple, str] = {}
         self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
         for job in self.running:
             for index in job.gpu_indices:
@@ -159,6 +162,8 @@ class _Cluster:
         return sorted(fitting)
 
     def best_fit(self, job: PendingJob, cap: float | None, now: float, critical: bool = False) -> Placement | None:
+        if job.vram_mb > self.most_free:
+            return None  # the common case with a long queue: nothing has room
         best: tuple[tuple, Placement] | None = None
         for name in self.nodes:
             if self.slots[name] < 1:
@@ -179,6 +184,8 @@ class _Cluster:
             self.util[placement.node, index] += job.util
             if critical:
                 self.protected.add((placement.node, index))
+        self.most_free = max(self.free.values(), default=0)
+        self.version += 1
         end = now + job.duration_s if job.duration_s is not None else None
         self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
         if end is not None:
@@ -382,6 +389,14 @@ def _respecting(
 
 
 def _why(cluster: _Cluster, job: PendingJob, reservation: _Reservation | None, cap: float | None) -> str:
+    held_for = reservation.job.id if reservation is not None and reservation.job is not job else None
+    key = (job.vram_mb, job.gpus, held_for, cluster.version)
+    if key not in cluster.reasons:
+        cluster.reasons[key] = _explain(cluster, job, reservation, cap)
+    return cluster.reasons[key]
+
+
+def _explain(cluster: _Cluster, job: PendingJob, reservation: _Reservation | None, cap: float | None) -> str:
     if not cluster.nodes:
         return "no live node"
     need = f"needs {job.vram_mb} MB" + (f" on each of {job.gpus} GPUs of one node" if job.gpus > 1 else " on one GPU")

@@ -110,9 +110,9 @@ def submit(
     base_dir: Path,
     right_size: bool = False,
     queued_quota: int | None = None,
-) -> Job:
-    """Validate against the live GPUs and the job's history, then queue it. With `right_size`, the
-    request becomes what the history suggests whenever there is history (retrain)."""
+) -> tuple[Job, int | None]:
+    """Validate against the live GPUs and the job's history, then queue it; returns it with the request
+    its history suggests. With `right_size`, the request becomes that suggestion (retrain)."""
     if queued_quota is not None and queued_count(session, user.id) >= queued_quota:
         raise QuotaExceeded(f"you already have {queued_quota} queued jobs, the most the quota allows")
     fingerprint = sizing.fingerprint(user.name, spec.command, spec.workdir, base_dir)
@@ -152,7 +152,7 @@ def submit(
     job.user = user
     session.add(job)
     session.flush()
-    return job
+    return job, suggested
 
 
 def get(session: Session, job_id: int) -> Job:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from redis import Redis
 
-from app.constants import PENDING_KEY
+from app.constants import PENDING_KEY, SCHEDULER_WAKE_KEY
 from app.scheduler.policy import Wait
 
 
@@ -34,3 +34,11 @@ def waiting_of(redis: Redis, job_ids: Sequence[int]) -> dict[int, tuple[str, dat
             start = record.get("estimated_start")
             found[job_id] = (record["reason"], datetime.fromtimestamp(start, UTC) if start else None)
     return found
+
+
+def wake_scheduler(redis: Redis) -> None:
+    """Tell the leader there is new work (it would notice at its next tick anyway)."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(SCHEDULER_WAKE_KEY, 1)
+        pipe.ltrim(SCHEDULER_WAKE_KEY, 0, 0)
+        pipe.execute()

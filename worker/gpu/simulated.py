@@ -37,7 +37,9 @@ class SimulatedBackend:
                 path.unlink(missing_ok=True)
                 continue
             util = record.get("util")
-            found.append(GpuProcess(pid, int(record["gpu"]), int(record["mb"]), float(util) if util is not None else None))
+            found.append(
+                GpuProcess(pid, int(record["gpu"]), int(record["mb"]), float(util) if util is not None else None)
+            )
         return found
 
     def gpus(self) -> list[GpuInfo]:

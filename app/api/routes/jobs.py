@@ -1,20 +1,28 @@
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
 from app.enums import JobStatus
 from app.schemas import JobOut, JobSubmit, MetricOut, RunOut
 from app.services import jobs
+from app.services.waiting import wake_scheduler
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def submit(spec: JobSubmit, user: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> JobOut:
-    job = jobs.submit(
+def submit(
+    spec: JobSubmit,
+    user: CurrentUser,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> JobOut:
+    job, suggested = jobs.submit(
         session,
         redis,
         user,
@@ -23,8 +31,8 @@ def submit(spec: JobSubmit, user: CurrentUser, session: SessionDep, redis: Redis
         base_dir=Path.cwd(),
         queued_quota=settings.quota_queued,
     )
-    [out] = jobs.to_outs(session, redis, [job])
-    return out
+    background.add_task(wake_scheduler, redis)  # runs after the commit
+    return jobs.to_out(job, suggested)
 
 
 @router.get("")

@@ -54,7 +54,7 @@ def retrain(
 ) -> JobOut:
     """Submit again the spec that produced this version, sized from its history when there is one."""
     spec = JobSubmit.model_validate(models.get_version(session, name, version).spec)
-    job = jobs.submit(
+    job, suggested = jobs.submit(
         session,
         redis,
         user,
@@ -64,5 +64,4 @@ def retrain(
         right_size=True,
         queued_quota=settings.quota_queued,
     )
-    [out] = jobs.to_outs(session, redis, [job])
-    return out
+    return jobs.to_out(job, suggested)

@@ -1,0 +1,91 @@
+"""Issue 4 live: two simulated nodes, pending reasons, quotas, foreign processes, measured utilisation."""
+
+import getpass
+import subprocess
+import sys
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db.models import Run
+from app.enums import JobStatus
+from tests.conftest import Cluster
+from tests.test_end_to_end import py, submit
+
+
+def test_two_nodes_share_the_work_and_a_two_gpu_job_stays_on_one(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    cluster.start_node(node="node-b", gpus="2x8GiB")
+    time.sleep(1.2)  # a snapshot of both
+    assert {g["node"] for g in client.get("/api/v1/gpus", headers=auth).json()} == {"node-a", "node-b"}
+
+    pair = submit(client, auth, command=["sleep", "1"], vram_mb=6000, gpus=2)
+    singles = [submit(client, auth, command=["sleep", "1"], vram_mb=6000) for _ in range(3)]
+
+    done = cluster.wait(pair["id"])
+    assert (done.node, sorted(done.gpu_indices)) == ("node-b", [0, 1])
+    nodes = {cluster.wait(job["id"]).node for job in singles}
+    assert nodes == {"node-a", "node-b"}
+
+
+def test_a_queued_job_says_what_it_waits_for(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    blocker = submit(client, auth, command=["sleep", "30"], vram_mb=6000, time_limit_s=30)
+    cluster.wait(blocker["id"], {JobStatus.RUNNING})
+    waiting = submit(client, auth, command=["true"], vram_mb=5000)
+    time.sleep(0.5)
+
+    job = client.get(f"/api/v1/jobs/{waiting['id']}", headers=auth).json()
+
+    assert job["status"] == "queued"
+    assert job["pending_reason"].startswith("needs 5000 MB on one GPU; most available now: 2192 MB on node-a GPU 0")
+    assert job["estimated_start"] is not None  # the blocker's time limit bounds the wait
+    client.post(f"/api/v1/jobs/{blocker['id']}/cancel", headers=auth)
+    assert cluster.wait(waiting["id"]).status is JobStatus.SUCCEEDED
+
+
+def test_foreign_processes_show_with_their_user(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    from worker.gpu.simulated import SimulatedBackend
+
+    notebook = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        SimulatedBackend([8192], cluster.settings.simulator_dir).hold(notebook.pid, 0, 1500)
+        time.sleep(1.5)
+        [gpu] = client.get("/api/v1/gpus", headers=auth).json()
+    finally:
+        notebook.kill()
+        notebook.wait()
+    assert gpu["processes"] == [{"pid": notebook.pid, "user": getpass.getuser(), "used_mb": 1500}]
+
+
+def test_measured_utilisation_is_recorded(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    job = submit(client, auth, command=py("import time, vramq_sim; vramq_sim.use(500, util=0.35); time.sleep(1)"))
+    assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+
+    with cluster.sessions() as session:
+        [run] = session.scalars(select(Run).where(Run.job_id == job["id"])).all()
+    assert run.util == pytest.approx(0.35)
+
+
+def test_queued_quota_refuses_and_running_quota_holds_back(
+    settings: Settings, client: TestClient, auth: dict[str, str], cluster: Cluster
+) -> None:
+    client.app.state.settings = settings.model_copy(update={"quota_queued": 2})  # type: ignore[attr-defined]
+    cluster.scheduler.config = cluster.scheduler.config.__class__(
+        quotas=cluster.scheduler.config.quotas.__class__(running=1)
+    )
+    first = submit(client, auth, command=["sleep", "2"])
+    second = submit(client, auth, command=["true"])
+    cluster.wait(first["id"], {JobStatus.RUNNING})
+    time.sleep(0.5)
+    assert client.get(f"/api/v1/jobs/{second['id']}", headers=auth).json()["pending_reason"] == (
+        "user quota: 1 running jobs"
+    )
+    submit(client, auth, command=["true"])  # a second queued job is still within the quota of 2
+    third = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 100}, headers=auth)
+
+    assert third.status_code == 429 and third.json()["error"]["code"] == "quota_exceeded"
+    assert cluster.wait(second["id"]).status is JobStatus.SUCCEEDED

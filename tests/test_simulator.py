@@ -1,0 +1,147 @@
+"""The simulator: same policy code as the live scheduler, four policies, feasible schedules."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.simulator.engine import POLICIES, Simulation
+from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger
+from app.simulator.trace import TraceError, TraceJob, load_trace, lower_bound, write_trace
+from app.simulator.workload import generate
+from tests.conftest import REPO
+
+GPUS = [24576] * 4
+
+
+@pytest.fixture(scope="module")
+def trace() -> list[TraceJob]:
+    return generate(300, 1.6, GPUS, seed=11)
+
+
+@pytest.fixture(scope="module")
+def runs(trace: list[TraceJob]) -> dict[str, dict]:
+    out = {}
+    for policy in POLICIES:
+        sim = Simulation(trace, GPUS, policy=policy)
+        result = sim.run()
+        out[policy] = {"figures": summarise(sim, result), "rows": schedule_rows(sim, result)}
+    return out
+
+
+def test_every_schedule_is_feasible(trace: list[TraceJob], runs: dict[str, dict]) -> None:
+    for policy, run in runs.items():
+        assert infeasibilities(trace, run["rows"], GPUS, uses_ledger(policy)) == [], policy
+
+
+def test_ledger_policies_never_oom_because_of_another_job(runs: dict[str, dict]) -> None:
+    for policy in ("vramq", "fifo-ledger", "exclusive"):
+        assert runs[policy]["figures"]["oom_caused_by_others"] == 0
+        assert runs[policy]["figures"]["completed"] == 300
+    assert runs["free-memory"]["figures"]["oom_caused_by_others"] > 0  # no ledger: jobs grow into each other
+
+
+def test_vramq_packs_close_to_the_bound_and_beats_exclusive(runs: dict[str, dict]) -> None:
+    vramq, exclusive = runs["vramq"]["figures"], runs["exclusive"]["figures"]
+
+    assert vramq["makespan_s"] >= vramq["lower_bound_s"]  # the bound is a bound
+    assert vramq["makespan_over_bound"] < exclusive["makespan_over_bound"]
+    assert vramq["mean_jct_s"] < exclusive["mean_jct_s"] / 2
+
+
+def test_a_light_user_is_not_stuck_behind_a_heavy_backlog() -> None:
+    heavy = [TraceJob(f"h{i}", 0.0, "heavy", 6000, 5000, 1000.0, 0.3) for i in range(100)]
+    light = [TraceJob(f"l{i}", 10.0, "light", 6000, 5000, 1000.0, 0.3) for i in range(5)]
+    sim = Simulation(heavy + light, GPUS, policy="vramq")
+    result = sim.run()
+
+    starts = {a.job.job_id: a.start for a in result.attempts}
+    first_free_slot = min(a.end for a in result.attempts if a.start == 0.0 and a.end is not None)
+    assert max(starts[f"l{i}"] for i in range(5)) <= first_free_slot + 1e-6
+    fifo = Simulation(heavy + light, GPUS, policy="fifo-ledger")
+    fifo_starts = {a.job.job_id: a.start for a in fifo.run().attempts}
+    assert min(fifo_starts[f"l{i}"] for i in range(5)) > first_free_slot  # without fair share they wait
+
+
+def test_oom_retries_grow_the_request_under_a_ledger() -> None:
+    liar = TraceJob("liar", 0.0, "a", 4000, 9000, 100.0, 0.5)
+    sim = Simulation([liar], GPUS, policy="vramq")
+    result = sim.run()
+
+    assert [(a.request_mb, a.outcome) for a in result.attempts] == [(4000, "oom"), (6000, "oom"), (9000, "succeeded")]
+
+
+def test_lower_bound_terms() -> None:
+    jobs = [TraceJob("a", 0.0, "u", 24576, 1, 100.0, 1.0), TraceJob("b", 50.0, "u", 24576, 1, 10.0, 1.0)]
+
+    assert lower_bound(jobs, gpu_count=1, total_mb=24576) == 110.0  # memory area after t=0
+    assert lower_bound(jobs, gpu_count=2, total_mb=2 * 24576) == 100.0  # the longest job
+
+
+def test_traces_round_trip_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    jobs = generate(20, 1.0, GPUS, seed=3)
+    write_trace(tmp_path / "t.csv", jobs)
+    assert [j.job_id for j in load_trace(tmp_path / "t.csv")] == [j.job_id for j in jobs]
+    (tmp_path / "bad.csv").write_text("job_id,submit_s,user,vram_mb,peak_mb,duration_s,util\nx,0,u,100,50,10,1.5\n")
+    with pytest.raises(TraceError, match="util"):
+        load_trace(tmp_path / "bad.csv")
+
+
+def test_cli_prints_json_and_writes_the_schedule(tmp_path: Path) -> None:
+    write_trace(tmp_path / "t.csv", generate(60, 1.2, GPUS, seed=5))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "simulate",
+            "--trace",
+            str(tmp_path / "t.csv"),
+            "--gpus",
+            "4x24GiB",
+            "--policy",
+            "vramq",
+            "--schedule-out",
+            str(tmp_path / "s.csv"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for key in (
+        "makespan_s",
+        "lower_bound_s",
+        "mean_jct_s",
+        "p95_jct_s",
+        "mean_wait_s",
+        "p95_wait_s",
+        "mem_utilization",
+        "oom_failures",
+        "completed",
+        "failed",
+        "jain_fairness",
+        "users",
+    ):
+        assert key in figures
+    assert figures["infeasible"] == [] and figures["completed"] == 60
+    with (tmp_path / "s.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["job_id", "attempt", "node", "gpu_indices", "start_s", "end_s", "vram_mb", "outcome"]
+    assert len(rows) >= 60
+
+
+def test_two_nodes_place_two_gpu_jobs_on_one_node() -> None:
+    jobs = [TraceJob(f"j{i}", float(i), "u", 10000, 9000, 500.0, 0.4, gpus=2 if i % 3 == 0 else 1) for i in range(30)]
+    sim = Simulation(jobs, [24576, 24576], nodes=2, policy="vramq")
+    result = sim.run()
+
+    assert {a.node for a in result.attempts} == {0, 1}
+    assert all(len(a.gpus) == a.job.gpus for a in result.attempts)
