@@ -168,8 +168,15 @@ def test_compute_cap_spreads_busy_jobs() -> None:
 
     decision = schedule(pending, [node("a", 24000, 24000)], now=0)
 
-    # Memory alone would stack all three on one GPU; compute allows one more on a GPU below saturation.
-    assert sorted(p.gpu_indices for p in decision.placements) == [(0,), (0,), (1,)]
+    # Memory alone would stack all three on one GPU; compute keeps each GPU's expected load under 1.3.
+    assert sorted(p.gpu_indices for p in decision.placements) == [(0,), (1,)]
+    assert "compute-saturated" in decision.waiting[2].reason
+
+
+def test_a_mostly_idle_gpu_takes_one_more_job() -> None:
+    decision = schedule([PendingJob(1, 2000, util=0.9)], [NodeState("a", 8, (GpuState(0, 20000, util=0.45),))], now=0)
+
+    assert [p.gpu_indices for p in decision.placements] == [(0,)]  # 1.35 > 1.3, but the GPU was under half busy
 
 
 def test_a_saturated_gpu_takes_no_more_work() -> None:

@@ -49,7 +49,7 @@ def test_vramq_packs_close_to_the_bound_and_beats_exclusive(runs: dict[str, dict
 
     assert vramq["makespan_s"] >= vramq["lower_bound_s"]  # the bound is a bound
     assert vramq["makespan_over_bound"] < exclusive["makespan_over_bound"]
-    assert vramq["mean_jct_s"] < exclusive["mean_jct_s"] / 2
+    assert vramq["mean_jct_s"] < exclusive["mean_jct_s"]  # by how much, per trace: bench/policies.py
 
 
 def test_a_light_user_is_not_stuck_behind_a_heavy_backlog() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_UTIL = 0.5  # Lucid's median solo utilisation (48%), for a job with no history yet
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
+IDLE_BELOW = 0.5  # a GPU with less expected load than this takes one more job whatever its load
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Quotas:
 class PolicyConfig:
     fair_share: bool = True
     backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
-    compute_cap: float | None = 1.15  # admit onto a GPU only while its expected compute load is below this
+    compute_cap: float | None = 1.3  # expected compute load a GPU may reach (tuned: bench/policies.py)
     critical_share: float | None = 0.7  # jobs this long relative to the packed work ahead start first
     quotas: Quotas = Quotas()
 
@@ -123,6 +124,7 @@ class _Cluster:
         self.running = list(running)
         self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job: never pushed past 1.0
         self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
+        self.idle_below = IDLE_BELOW
         self.most_free = max(self.free.values(), default=0)
         self.version = 0  # bumped by every placement: cached explanations are stale after one
         self.reasons: dict[tuple, str] = {}
@@ -138,7 +140,11 @@ class _Cluster:
             return False
         if critical or cap is None:
             return True
-        return self.util[key] < cap and (key not in self.protected or self.util[key] + job.util <= 1.0)
+        load = self.util[key]
+        if key in self.protected and load + job.util > 1.0:
+            return False
+        # Stack while the sum stays under the cap, or onto a GPU still mostly idle.
+        return load + job.util <= cap or load < self.idle_below
 
     def fitting(self, job: PendingJob, node: str, cap: float | None, now: float, critical: bool = False) -> list[tuple]:
         """(preference..., index) of the node's GPUs that can take the job now, best first.
