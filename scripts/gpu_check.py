@@ -33,6 +33,34 @@ def wait(ids: list[int], timeout: float = 900) -> list[dict]:
     raise SystemExit("jobs did not finish in time")
 
 
+GREEDY = (
+    "import tensorflow as tf\n"
+    "x = tf.random.normal([3000 * 1024 * 256])  # 3000 MiB of float32: more than a 2500 MB request holds\n"
+    "print('allocated', float(tf.reduce_sum(x)))\n"
+)
+
+
+def runtime_checks() -> bool:
+    """Issue 3 on a real GPU: growth under a cap, OOM then a larger retry, autolog on a plain script."""
+    plain = call("POST", "/api/v1/jobs", json={"command": ["python", "examples/plain_keras.py"], "vram_mb": 8000})
+    greedy = call("POST", "/api/v1/jobs", json={"command": ["python", "-c", GREEDY], "vram_mb": 2500, "max_retries": 3})
+    plain_job, greedy_job = wait([plain.json()["id"], greedy.json()["id"]])
+    runs = call("GET", f"/api/v1/jobs/{greedy_job['id']}/runs").json()
+    print(f"growth: plain_keras reserved 8000 MB, NVML peak {plain_job['peak_vram_mb']} MB ({plain_job['status']})")
+    print(
+        "oom retry:", [(r["attempt"], r["vram_mb"], r["outcome"], r["failure_reason"], r["peak_vram_mb"]) for r in runs]
+    )
+    versions = call("GET", "/api/v1/models/plain_digits/versions").json()
+    print(f"autolog: plain_digits versions {[v['version'] for v in versions]}, metrics {versions[-1]['metrics']}")
+    return (
+        plain_job["status"] == "succeeded"
+        and (plain_job["peak_vram_mb"] or 0) < 8000
+        and greedy_job["status"] == "succeeded"
+        and runs[0]["failure_reason"] == "oom"
+        and bool(versions)
+    )
+
+
 def main() -> int:
     gpu = call("GET", "/api/v1/gpus").json()[0]
     print(f"GPU {gpu['name']}: total {gpu['total_mb']} MB, used {gpu['used_mb']}, foreign {gpu['foreign_mb']}")
@@ -61,6 +89,7 @@ def main() -> int:
             f"per-process overhead: NVML footprint {probe_peak} MB - TF allocator peak {allocator} MB "
             f"= {probe_peak - allocator} MB"
         )
+    ok &= runtime_checks()
     print("RESULT:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -145,3 +145,21 @@ def test_two_nodes_place_two_gpu_jobs_on_one_node() -> None:
 
     assert {a.node for a in result.attempts} == {0, 1}
     assert all(len(a.gpus) == a.job.gpus for a in result.attempts)
+
+
+def test_a_big_job_is_not_starved_by_a_stream_of_small_ones() -> None:
+    """Small 2-hour jobs keep one 24 GiB GPU busy; a 20 GiB job arrives at t=1000. Backfill may not delay it
+    past the moment the small jobs running then finish (their time limits), whatever keeps arriving."""
+    small = [TraceJob(f"s{i}", i * 300.0, "many", 5000, 4000, 7200.0, 0.1) for i in range(60)]
+    big = TraceJob("big", 1000.0, "one", 20000, 18000, 3600.0, 0.5)
+    quick = [TraceJob(f"q{i}", 1500.0 + i * 100, "many", 2000, 1500, 300.0, 0.1) for i in range(3)]
+    sim = Simulation([*small, big, *quick], [24576], policy="vramq")
+    result = sim.run()
+
+    running_at_arrival = [a for a in result.attempts if a.job.user == "many" and a.start <= 1000.0]
+    bound = max(a.start + a.job.duration_s for a in running_at_arrival)
+    [attempt] = [a for a in result.attempts if a.job.job_id == "big"]
+    assert attempt.start <= bound + 1e-6
+    quick_starts = [a.start for a in result.attempts if a.job.job_id.startswith("q")]
+    assert max(quick_starts) < attempt.start  # jobs that end in time did start ahead of it (backfill)
+    assert all(a.start >= attempt.start for a in result.attempts if a.job.job_id.startswith("s") and a.start > 1000.0)
