@@ -14,11 +14,12 @@ from app.errors import Forbidden
 from app.services.users import authenticate
 
 
-def _settings(request: Request) -> Settings:
+# Trivial dependencies are async so FastAPI does not hop to its thread pool for them.
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _redis(request: Request) -> Redis:
+async def _redis(request: Request) -> Redis:
     return request.app.state.redis  # type: ignore[no-any-return]
 
 
