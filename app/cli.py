@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -336,23 +335,23 @@ def show(job_id: int) -> None:
 def logs(
     job_id: int,
     attempt: int | None = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
 ) -> None:
-    """Print a job's output; --follow keeps printing until the job ends."""
-    params = {"attempt": attempt} if attempt else {}
-    shown = 0
-    while True:
-        text = _call("GET", f"/api/v1/jobs/{job_id}/logs", params=params).text
-        sys.stdout.write(text[shown:])
-        sys.stdout.flush()
-        shown = len(text)
-        if not follow or _call("GET", f"/api/v1/jobs/{job_id}").json()["status"] in (
-            "succeeded",
-            "failed",
-            "cancelled",
-        ):
-            return
-        time.sleep(1)
+    """Print a job's output."""
+    params: dict[str, Any] = {"attempt": attempt} if attempt else {}
+    if not follow:
+        sys.stdout.write(_call("GET", f"/api/v1/jobs/{job_id}/logs", params=params).text)
+        return
+    _call("GET", f"/api/v1/jobs/{job_id}")  # a clear error for an unknown job before streaming
+    with (
+        _client() as client,
+        client.stream(
+            "GET", f"/api/v1/jobs/{job_id}/logs", params={**params, "follow": "true"}, timeout=None
+        ) as response,
+    ):
+        for chunk in response.iter_text():
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
 
 
 @app.command()

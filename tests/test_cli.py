@@ -50,6 +50,7 @@ def test_researcher_commands(settings: Settings, api_url: str, cluster: Cluster,
 
     assert "succeeded" in vramq(settings, "ls", **client).stdout
     assert f"hello from {tmp_path}" in vramq(settings, "logs", str(job_id), **client).stdout
+    assert f"hello from {tmp_path}" in vramq(settings, "logs", "-f", str(job_id), **client).stdout
     assert '"outcome": "succeeded"' in vramq(settings, "show", str(job_id), **client).stdout
     assert "node-a:0" in vramq(settings, "gpus", **client).stdout
     refused = vramq(settings, "submit", "--vram", "99999", "--", "true", **client)

@@ -245,3 +245,15 @@ def subprocess_group_kill(pid: int) -> None:
     for process in [parent, *parent.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
+
+
+def test_logs_follow_streams_until_the_job_ends(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    code = "import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(0.4)\n"
+    job = submit(client, auth, command=py(code))
+    cluster.wait(job["id"], {JobStatus.RUNNING})
+
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/logs?follow=true", headers=auth) as response:
+        streamed = "".join(response.iter_text())
+
+    assert [line for line in streamed.splitlines() if line.startswith("line")] == [f"line {i}" for i in range(4)]
+    assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED

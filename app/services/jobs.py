@@ -1,13 +1,14 @@
 """Submitting, listing, reading and cancelling jobs."""
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
@@ -221,3 +222,34 @@ def log_text(session: Session, job_id: int, attempt: int | None = None) -> str:
     if not run.log_path or not Path(run.log_path).exists():
         return ""
     return Path(run.log_path).read_text(errors="replace")
+
+
+def follow_log(
+    sessions: sessionmaker[Session], job_id: int, attempt: int | None = None, poll_s: float = 0.5
+) -> Iterator[bytes]:
+    """The output of an attempt as it is written, until the attempt ends and all of it was sent. Without
+    an attempt, follows the job through its retries until it reaches a terminal status."""
+    shown: int | None = None
+    offset = 0
+    while True:
+        with sessions() as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            query = select(Run).where(Run.job_id == job_id)
+            if attempt is not None:
+                query = query.where(Run.attempt == attempt)
+            run = session.scalars(query.order_by(Run.attempt.desc()).limit(1)).first()
+        ended = status is None or status.terminal or (attempt is not None and run is not None and run.released_at)
+        if run is not None and run.attempt != shown:
+            if shown is not None:
+                yield f"[vramq] --- attempt {run.attempt} ---\n".encode()
+            shown, offset = run.attempt, 0
+        if run is not None and run.log_path and Path(run.log_path).exists():
+            with Path(run.log_path).open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            offset += len(chunk)
+            if chunk:
+                yield chunk
+        if ended:
+            return
+        time.sleep(poll_s)

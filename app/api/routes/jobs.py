@@ -1,8 +1,8 @@
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Query, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
 from app.enums import JobStatus
@@ -64,8 +64,21 @@ def cancel(job_id: int, _: CurrentUser, session: SessionDep) -> JobOut:
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
-def logs(job_id: int, _: CurrentUser, session: SessionDep, attempt: Annotated[int | None, Query(ge=1)] = None) -> str:
-    return jobs.log_text(session, job_id, attempt)
+def logs(
+    request: Request,
+    job_id: int,
+    _: CurrentUser,
+    session: SessionDep,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
+    follow: bool = False,
+) -> Response:
+    """stdout and stderr of an attempt; with follow=true, streamed until the attempt (or the job) ends."""
+    text = jobs.log_text(session, job_id, attempt)  # also refuses an unknown job or attempt
+    if not follow:
+        return PlainTextResponse(text)
+    return StreamingResponse(
+        jobs.follow_log(request.app.state.sessions, job_id, attempt), media_type="text/plain; charset=utf-8"
+    )
 
 
 @router.get("/{job_id}/runs")
