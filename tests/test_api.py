@@ -212,3 +212,20 @@ def test_gpus_show_reservations_and_foreign_memory(client: TestClient, auth: dic
         (g["node"], g["index"], g["total_mb"], g["foreign_mb"], g["reserved_mb"], g["available_mb"]) for g in gpus
     ] == [("node-a", 0, 8192, 1000, 0, 7192), ("node-a", 1, 16384, 1000, 0, 15384)]
     assert set(gpus[0]) >= {"uuid", "name", "used_mb", "free_mb", "simulated", "jobs"}
+
+
+def test_only_the_owner_or_an_admin_cancels(
+    client: TestClient, auth: dict[str, str], make_user: Callable[..., tuple[User, str]]
+) -> None:
+    _, bob_token = make_user("bob")
+    _, admin_token = make_user("root", admin=True)
+    first = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 10}, headers=auth).json()
+    second = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 10}, headers=auth).json()
+
+    refused = client.post(f"/api/v1/jobs/{first['id']}/cancel", headers={"Authorization": f"Bearer {bob_token}"})
+    by_admin = client.post(f"/api/v1/jobs/{first['id']}/cancel", headers={"Authorization": f"Bearer {admin_token}"})
+    by_owner = client.post(f"/api/v1/jobs/{second['id']}/cancel", headers=auth)
+
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert by_admin.status_code == 202 and by_admin.json()["status"] == "cancelled"
+    assert by_owner.status_code == 202 and by_owner.json()["status"] == "cancelled"

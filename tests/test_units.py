@@ -70,3 +70,25 @@ def test_framework_caps_are_the_request_less_overhead() -> None:
 )
 def test_outcomes(exit_code: int, log: str, stopped: Stopped | None, expected: tuple) -> None:
     assert classify(exit_code, log, stopped) == expected
+
+
+def test_a_job_cannot_override_its_gpus_or_caps(tmp_path) -> None:  # noqa: ANN001
+    from worker.launcher import LaunchSpec, job_environment
+
+    spec = LaunchSpec(
+        job_id=1,
+        attempt=1,
+        command=[],
+        workdir=None,
+        output_dir=tmp_path,
+        log_path=tmp_path / "log",
+        env={"CUDA_VISIBLE_DEVICES": "0,1,2,3", "VRAMQ_TF_MEMORY_LIMIT_MB": "999999", "MINE": "kept"},
+        vram_mb=4000,
+        gpu_indices=[1],
+        gpu_total_mb=8000,
+        overhead_mb=1000,
+    )
+
+    env = job_environment(spec, {})
+
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["VRAMQ_TF_MEMORY_LIMIT_MB"] == "3000" and env["MINE"] == "kept"

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
-from app.errors import JobFinished, JobNotFound, NoHistory, QuotaExceeded, RunNotFound, VramUnsatisfiable
+from app.errors import Forbidden, JobFinished, JobNotFound, NoHistory, QuotaExceeded, RunNotFound, VramUnsatisfiable
 from app.scheduler.inputs import queued_count
 from app.schemas import JobOut, JobSubmit
 from app.services import sizing, transitions
@@ -182,9 +182,12 @@ def list_jobs(
     return session.scalars(query).all()
 
 
-def cancel(session: Session, job_id: int) -> Job:
-    """Queued or dispatched: cancelled now. Running: flagged; its worker stops the process group."""
+def cancel(session: Session, job_id: int, by: User) -> Job:
+    """Queued or dispatched: cancelled now. Running: flagged; its worker stops the process group.
+    Only the job's owner or an admin may cancel it."""
     job = get(session, job_id)
+    if job.user_id != by.id and not by.admin:
+        raise Forbidden(f"job {job_id} belongs to {job.user.name}; only they or an admin may cancel it")
     if job.status.terminal:
         raise JobFinished(f"job {job_id} has already {job.status}")
     job.cancel_requested = True

@@ -59,8 +59,8 @@ def get(job_id: int, _: CurrentUser, session: SessionDep, redis: RedisDep) -> Jo
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
-def cancel(job_id: int, _: CurrentUser, session: SessionDep) -> JobOut:
-    return jobs.to_out(jobs.cancel(session, job_id))
+def cancel(job_id: int, user: CurrentUser, session: SessionDep) -> JobOut:
+    return jobs.to_out(jobs.cancel(session, job_id, user))
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
