@@ -5,8 +5,11 @@ the same `schedule`, so what the benchmark measures is what runs.
 
 - Order: fair share across users (least decayed usage first, charged as jobs are placed), then job
   priority, then submission. Without fair share: priority, then submission.
-- Placement: best fit by memory among GPUs whose expected compute load is still below the cap, so
-  memory is packed without stacking compute far past saturation.
+- Placement: among GPUs whose expected compute load stays within the cap with the job (or that are
+  under half busy), the one whose known work outlasts the job, then the tightest memory fit: memory is
+  packed without stacking compute far past saturation, and GPUs of short jobs drain together.
+- Critical path: a job whose own run time is most of the known work left starts first, on the least
+  loaded GPU, and no later job may push that GPU past saturation.
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -124,7 +127,6 @@ class _Cluster:
         self.running = list(running)
         self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job: never pushed past 1.0
         self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
-        self.idle_below = IDLE_BELOW
         self.most_free = max(self.free.values(), default=0)
         self.version = 0  # bumped by every placement: cached explanations are stale after one
         self.reasons: dict[tuple, str] = {}
@@ -144,7 +146,7 @@ class _Cluster:
         if key in self.protected and load + job.util > 1.0:
             return False
         # Stack while the sum stays under the cap, or onto a GPU still mostly idle.
-        return load + job.util <= cap or load < self.idle_below
+        return load + job.util <= cap or load < IDLE_BELOW
 
     def fitting(self, job: PendingJob, node: str, cap: float | None, now: float, critical: bool = False) -> list[tuple]:
         """(preference..., index) of the node's GPUs that can take the job now, best first.
@@ -396,7 +398,7 @@ def _respecting(
 
 def _why(cluster: _Cluster, job: PendingJob, reservation: _Reservation | None, cap: float | None) -> str:
     held_for = reservation.job.id if reservation is not None and reservation.job is not job else None
-    key = (job.vram_mb, job.gpus, held_for, cluster.version)
+    key = (job.vram_mb, job.gpus, job.util, held_for, cluster.version)
     if key not in cluster.reasons:
         cluster.reasons[key] = _explain(cluster, job, reservation, cap)
     return cluster.reasons[key]
@@ -421,7 +423,7 @@ def _explain(cluster: _Cluster, job: PendingJob, reservation: _Reservation | Non
         and not any(cluster.fitting(job, name, cap, 0.0) for name in cluster.nodes)
         and any(cluster.fitting(job, name, None, 0.0) for name in cluster.nodes)
     ):
-        return f"{need}; the GPUs with that much free are compute-saturated (expected load >= {cap:g})"
+        return f"{need}; the GPUs with that much free are compute-saturated (it would take them past {cap:g})"
     if all(slots < 1 for slots in cluster.slots.values()):
         return "every node's worker slots are busy"
     if reservation is not None and reservation.job is not job:
