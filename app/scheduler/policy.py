@@ -127,15 +127,20 @@ class _Cluster:
         self.running = list(running)
         self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job: never pushed past 1.0
         self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
+        self.ranked = {n.name: self._ranked(n.name) for n in nodes}  # each node's free memory, largest first
         self.most_free = max(self.free.values(), default=0)
         self.version = 0  # bumped by every placement: cached explanations are stale after one
         self.reasons: dict[tuple, str] = {}
+        self.blocked = "memory"  # what the last failed best_fit lacked
         self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
         for job in self.running:
             for index in job.gpu_indices:
                 if job.expected_end is not None:
                     key = (job.node, index)
                     self.drain[key] = max(self.drain.get(key, 0.0), job.expected_end)
+
+    def _ranked(self, node: str) -> list[int]:
+        return sorted((self.free[node, g.index] for g in self.nodes[node].gpus), reverse=True)
 
     def ok(self, job: PendingJob, key: tuple[str, int], cap: float | None, critical: bool) -> bool:
         if self.free[key] < job.vram_mb or key in self.avoid:
@@ -170,12 +175,19 @@ class _Cluster:
         return sorted(fitting)
 
     def best_fit(self, job: PendingJob, cap: float | None, now: float, critical: bool = False) -> Placement | None:
+        """The best placement now, or None with `self.blocked` saying what is short: memory, slots, compute."""
+        self.blocked = "memory"
         if job.vram_mb > self.most_free:
             return None  # the common case with a long queue: nothing has room
         best: tuple[tuple, Placement] | None = None
         for name in self.nodes:
-            if self.slots[name] < 1:
+            ranked = self.ranked[name]
+            if len(ranked) < job.gpus or ranked[job.gpus - 1] < job.vram_mb:
                 continue
+            if self.slots[name] < 1:
+                self.blocked = "slots" if self.blocked == "memory" else self.blocked
+                continue
+            self.blocked = "compute"
             fitting = self.fitting(job, name, cap, now, critical)
             if len(fitting) < job.gpus:
                 continue
@@ -192,6 +204,7 @@ class _Cluster:
             self.util[placement.node, index] += job.util
             if critical:
                 self.protected.add((placement.node, index))
+        self.ranked[placement.node] = self._ranked(placement.node)
         self.most_free = max(self.free.values(), default=0)
         self.version += 1
         end = now + job.duration_s if job.duration_s is not None else None
@@ -264,12 +277,14 @@ def schedule(
             return False
         urgent = job.id in critical
         placement = cluster.best_fit(job, config.compute_cap, now, urgent)
+        blocked = cluster.blocked
         if placement is not None and reservation is not None:
             placement = _respecting(cluster, job, placement, reservation, now, config.compute_cap)
             if placement is None:  # not there: anywhere but the held GPUs
                 cluster.avoid = {(reservation.node, i) for i in reservation.gpus}
                 placement = cluster.best_fit(job, config.compute_cap, now, urgent)
                 cluster.avoid = set()
+                blocked = "held"
         if placement is not None:
             cluster.take(job, placement, now, urgent)
             decision.placements.append(placement)
@@ -282,7 +297,7 @@ def schedule(
             if config.backfill:
                 reservation = _reserve(cluster, job, now, config.compute_cap)
         start = reservation.start if reservation is not None and reservation.job is job else None
-        decision.waiting[job.id] = Wait(_why(cluster, job, reservation, config.compute_cap), start)
+        decision.waiting[job.id] = Wait(_why(cluster, job, blocked, reservation, config.compute_cap), start)
         return False
 
     for job in sorted((p for p in pending if p.id in critical), key=lambda p: (-(p.duration_s or 0), p.id)):
@@ -396,39 +411,22 @@ def _respecting(
     return placement
 
 
-def _why(cluster: _Cluster, job: PendingJob, reservation: _Reservation | None, cap: float | None) -> str:
-    held_for = reservation.job.id if reservation is not None and reservation.job is not job else None
-    key = (job.vram_mb, job.gpus, job.util, held_for, cluster.version)
-    if key not in cluster.reasons:
-        cluster.reasons[key] = _explain(cluster, job, reservation, cap)
-    return cluster.reasons[key]
-
-
-def _explain(cluster: _Cluster, job: PendingJob, reservation: _Reservation | None, cap: float | None) -> str:
+def _why(cluster: _Cluster, job: PendingJob, blocked: str, reservation: _Reservation | None, cap: float | None) -> str:
+    """Why `job` cannot start now; `blocked` is what best_fit found short (memory, slots, compute, held)."""
+    need = f"needs {job.vram_mb} MB" + (f" on each of {job.gpus} GPUs of one node" if job.gpus > 1 else " on one GPU")
     if not cluster.nodes:
         return "no live node"
-    need = f"needs {job.vram_mb} MB" + (f" on each of {job.gpus} GPUs of one node" if job.gpus > 1 else " on one GPU")
-    most, where = max(((free, key) for key, free in cluster.free.items()), default=(0, ("-", 0)))
-    if (
-        most < job.vram_mb
-        or job.gpus > 1
-        and not any(
-            len([g for g in n.gpus if cluster.free[n.name, g.index] >= job.vram_mb]) >= job.gpus
-            for n in cluster.nodes.values()
-        )
-    ):
-        return f"{need}; most available now: {most} MB on {where[0]} GPU {where[1]}"
-    if (
-        cap is not None
-        and not any(cluster.fitting(job, name, cap, 0.0) for name in cluster.nodes)
-        and any(cluster.fitting(job, name, None, 0.0) for name in cluster.nodes)
-    ):
-        return f"{need}; the GPUs with that much free are compute-saturated (it would take them past {cap:g})"
-    if all(slots < 1 for slots in cluster.slots.values()):
-        return "every node's worker slots are busy"
-    if reservation is not None and reservation.job is not job:
+    if blocked == "memory":
+        key = ("memory", cluster.version)
+        if key not in cluster.reasons:
+            most, where = max(((free, key) for key, free in cluster.free.items()), default=(0, ("-", 0)))
+            cluster.reasons[key] = f"most available now: {most} MB on {where[0]} GPU {where[1]}"
+        return f"{need}; {cluster.reasons[key]}"
+    if blocked == "slots":
+        return f"{need}; the nodes where it fits have no free worker slot"
+    if blocked == "held" and reservation is not None:
         return f"{need}; the GPUs where it fits are held for job {reservation.job.id}, which waits longer"
-    return f"{need}; no node has a free slot where it fits"
+    return f"{need}; the GPUs with that much free are compute-saturated (it would take them past {cap:g})"
 
 
 def place(pending: Sequence[PendingJob], nodes: Sequence[NodeState], now: float) -> list[Placement]:
