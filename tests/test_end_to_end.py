@@ -257,3 +257,27 @@ def test_logs_follow_streams_until_the_job_ends(cluster: Cluster, client: TestCl
 
     assert [line for line in streamed.splitlines() if line.startswith("line")] == [f"line {i}" for i in range(4)]
     assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+
+
+def test_a_dead_worker_leaves_no_orphan_holding_the_gpu(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    import psutil
+
+    job = submit(client, auth, command=["sleep", "120"])
+    cluster.wait(job["id"], {JobStatus.RUNNING})
+    pgid = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()[0]["pid"]
+    supervisor = psutil.Process(pgid).parent()  # the RQ work horse supervising the job
+    supervisor.kill()
+
+    done = cluster.wait(job["id"], timeout=40)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the orphaned job kept running after its worker died")
+    assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)

@@ -12,7 +12,7 @@ import psutil
 from redis import Redis
 
 from app.config import Settings
-from app.constants import NODE_PGIDS_KEY, SNAPSHOT_INTERVAL_S
+from app.constants import NODE_PGIDS_KEY, RUN_HEARTBEAT_KEY, SNAPSHOT_INTERVAL_S
 from app.services.nodes import GpuProcessInfo, GpuSnapshot, NodeSnapshot, publish, withdraw
 from worker.gpu import GpuBackend
 from worker.launcher import signal_group
@@ -63,10 +63,36 @@ class NodeAgent:
         self.redis = redis
         self.stop = threading.Event()
         self.workers: list[subprocess.Popen[bytes] | None] = [None] * settings.slots
+        self._suspects: set[int] = set()
+
+    def job_groups(self) -> dict[int, tuple[int, int]]:
+        """pgid -> (job id, attempt) of the job process groups the workers registered on this node."""
+        raw = self.redis.hgetall(NODE_PGIDS_KEY.format(node=self.settings.node))
+        groups = {}
+        for pgid, value in raw.items():  # type: ignore[union-attr]
+            job_id, _, attempt = (value.decode() if isinstance(value, bytes) else value).partition(":")
+            groups[int(pgid)] = (int(job_id), int(attempt or 0))
+        return groups
 
     def job_pgids(self) -> dict[int, int]:
-        raw = self.redis.hgetall(NODE_PGIDS_KEY.format(node=self.settings.node))
-        return {int(pgid): int(job_id) for pgid, job_id in raw.items()}  # type: ignore[union-attr]
+        return {pgid: job_id for pgid, (job_id, _) in self.job_groups().items()}
+
+    def reap_orphans(self) -> list[int]:
+        """Kill job process groups whose supervisor died (its heartbeat expired): otherwise they would hold
+        GPU memory after the scheduler released their reservation as lost."""
+        reaped = []
+        for pgid, (job_id, attempt) in self.job_groups().items():
+            if self.redis.exists(RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt)):
+                continue
+            if pgid in self._suspects:
+                log.warning("job %s attempt %s: its worker died; killing process group %s", job_id, attempt, pgid)
+                signal_group(pgid, signal.SIGKILL)
+                self.redis.hdel(NODE_PGIDS_KEY.format(node=self.settings.node), str(pgid))
+                reaped.append(pgid)
+                self._suspects.discard(pgid)
+            else:
+                self._suspects.add(pgid)  # registered a moment before its first heartbeat, perhaps
+        return reaped
 
     def publish_once(self) -> NodeSnapshot:
         snap = snapshot(self.backend, self.settings.node, self.settings.slots, self.job_pgids())
@@ -94,6 +120,7 @@ class NodeAgent:
                 self._ensure_workers()
                 try:
                     self.publish_once()
+                    self.reap_orphans()
                 except Exception:  # a Redis blip must not take the node down
                     log.exception("could not publish the GPU snapshot")
                 self.stop.wait(SNAPSHOT_INTERVAL_S)

@@ -85,7 +85,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
 
     pgid = process.pid
     pgids_key = NODE_PGIDS_KEY.format(node=ctx.settings.node)
-    ctx.redis.hset(pgids_key, str(pgid), str(job_id))
+    ctx.redis.hset(pgids_key, str(pgid), f"{job_id}:{attempt_no}")
     _heartbeat(ctx, attempt)
     try:
         with transaction(ctx.sessions) as session:
