@@ -120,15 +120,19 @@ def test_dispatch_respects_foreign_memory(scheduler: Scheduler, sessions: sessio
     assert [p.job_id for p in scheduler.tick()] == [job.id]
 
 
+def started_five_minutes_ago(sessions: sessionmaker[Session], job_id: int) -> None:
+    with transaction(sessions) as session:
+        transitions.start(session, job_id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == job_id).values(started_at=utcnow() - timedelta(minutes=5)))
+
+
 def test_running_job_without_heartbeat_is_lost_and_retried(
     scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
 ) -> None:
     publish_node(redis)
     job = make_job(sessions, max_retries=1)
     scheduler.tick()
-    with transaction(sessions) as session:
-        transitions.start(session, job.id, 1, pid=1, log_path="/l", output_dir="/o")
-        session.execute(update(Job).where(Job.id == job.id).values(started_at=utcnow() - timedelta(minutes=5)))
+    started_five_minutes_ago(sessions, job.id)
 
     scheduler.tick()
 
@@ -143,9 +147,7 @@ def test_running_job_with_heartbeat_is_left_alone(
     publish_node(redis)
     job = make_job(sessions)
     scheduler.tick()
-    with transaction(sessions) as session:
-        transitions.start(session, job.id, 1, pid=1, log_path="/l", output_dir="/o")
-        session.execute(update(Job).where(Job.id == job.id).values(started_at=utcnow() - timedelta(minutes=5)))
+    started_five_minutes_ago(sessions, job.id)
     redis.set(RUN_HEARTBEAT_KEY.format(job_id=job.id, attempt=1), "node-a", ex=10)
 
     scheduler.tick()

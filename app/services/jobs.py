@@ -10,6 +10,7 @@ from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
 from app.errors import Forbidden, JobFinished, JobNotFound, NoHistory, QuotaExceeded, RunNotFound, VramUnsatisfiable
@@ -154,6 +155,22 @@ def submit(
     session.add(job)
     session.flush()
     return job, suggested
+
+
+def submit_configured(
+    session: Session, redis: Redis, user: User, spec: JobSubmit, settings: Settings, *, right_size: bool = False
+) -> tuple[Job, int | None]:
+    """`submit` with the service's margin and quotas; relative scripts resolve against this process's cwd."""
+    return submit(
+        session,
+        redis,
+        user,
+        spec,
+        margin_mb=settings.safety_margin_mb,
+        base_dir=Path.cwd(),
+        right_size=right_size,
+        queued_quota=settings.quota_queued,
+    )
 
 
 def get(session: Session, job_id: int) -> Job:

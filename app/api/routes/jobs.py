@@ -1,4 +1,3 @@
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
@@ -22,15 +21,7 @@ def submit(
     settings: SettingsDep,
     background: BackgroundTasks,
 ) -> JobOut:
-    job, suggested = jobs.submit(
-        session,
-        redis,
-        user,
-        spec,
-        margin_mb=settings.safety_margin_mb,
-        base_dir=Path.cwd(),
-        queued_quota=settings.quota_queued,
-    )
+    job, suggested = jobs.submit_configured(session, redis, user, spec, settings)
     background.add_task(wake_scheduler, redis)  # runs after the commit
     return jobs.to_out(job, suggested)
 

@@ -54,14 +54,5 @@ def retrain(
 ) -> JobOut:
     """Submit again the spec that produced this version, sized from its history when there is one."""
     spec = JobSubmit.model_validate(models.get_version(session, name, version).spec)
-    job, suggested = jobs.submit(
-        session,
-        redis,
-        user,
-        spec,
-        margin_mb=settings.safety_margin_mb,
-        base_dir=Path.cwd(),
-        right_size=True,
-        queued_quota=settings.quota_queued,
-    )
+    job, suggested = jobs.submit_configured(session, redis, user, spec, settings, right_size=True)
     return jobs.to_out(job, suggested)
