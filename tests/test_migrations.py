@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -30,9 +31,8 @@ def test_downgrade_removes_everything_and_upgrade_restores_it(settings: Settings
     engine.dispose()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_runs_in_wal_mode(settings: Settings) -> None:
-    if not settings.sqlalchemy_url.startswith("sqlite"):
-        return
     engine = make_engine(settings)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
