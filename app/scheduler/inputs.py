@@ -10,7 +10,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Run, User
-from app.enums import JobStatus
 from app.scheduler.fairshare import decayed_gb_hours
 from app.scheduler.policy import DEFAULT_UTIL, PendingJob, RunningJob, UserState
 
@@ -89,7 +88,3 @@ def user_states(session: Session, active: Sequence[Job], now: datetime, half_lif
         )
         for name in names
     }
-
-
-def queued_count(session: Session, user_id: int) -> int:
-    return len(session.scalars(select(Job.id).where(Job.user_id == user_id, Job.status == JobStatus.QUEUED)).all())

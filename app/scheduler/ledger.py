@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job
 from app.enums import ACTIVE
-from app.scheduler.policy import GpuState, NodeState
+from app.scheduler.policy import GpuState, NodeState, RunningJob
 from app.services.nodes import NodeSnapshot
 
 
@@ -22,14 +22,19 @@ class Reservations:
     per_node: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def active_reservations(session: Session) -> Reservations:
+def active_jobs(session: Session) -> Sequence[Job]:
+    """Jobs holding a reservation: dispatched or running."""
+    return session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
+
+
+def reservations_of(active: Sequence[Job]) -> Reservations:
     reservations = Reservations()
-    rows = session.execute(select(Job.id, Job.node, Job.gpu_indices, Job.vram_mb).where(Job.status.in_(ACTIVE)))
-    for job_id, node, indices, vram_mb in rows:
+    for job in active:
+        node = job.node or ""
         reservations.per_node[node] += 1
-        for index in indices or ():
-            reservations.mb[node, index] += vram_mb
-            reservations.jobs[node, index].append(job_id)
+        for index in job.gpu_indices or ():
+            reservations.mb[node, index] += job.vram_mb
+            reservations.jobs[node, index].append(job.id)
     return reservations
 
 
@@ -42,10 +47,14 @@ def node_states(
     snapshots: Sequence[NodeSnapshot],
     reservations: Reservations,
     margin_mb: int,
-    loads: dict[tuple[str, int], float] | None = None,
+    running: Sequence[RunningJob] = (),
 ) -> list[NodeState]:
-    """The policy's view of the live nodes; `loads` is the expected compute load of each GPU."""
-    loads = loads or {}
+    """The policy's view of the live nodes; each GPU's compute load is the expected utilisation of the
+    `running` (active) jobs on it."""
+    loads: dict[tuple[str, int], float] = defaultdict(float)
+    for job in running:
+        for index in job.gpu_indices:
+            loads[job.node, index] += job.util
     return [
         NodeState(
             name=snap.node,
@@ -54,7 +63,7 @@ def node_states(
                 GpuState(
                     gpu.index,
                     available_mb(gpu.total_mb, reservations.mb[snap.node, gpu.index], gpu.foreign_mb, margin_mb),
-                    loads.get((snap.node, gpu.index), 0.0),
+                    loads[snap.node, gpu.index],
                 )
                 for gpu in snap.gpus
             ),

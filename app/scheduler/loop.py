@@ -4,7 +4,6 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections import defaultdict
 from datetime import timedelta
 
 from redis import Redis
@@ -28,9 +27,9 @@ from app.constants import (
 )
 from app.db.models import Job, utcnow
 from app.db.session import lock_ledger, transaction
-from app.enums import ACTIVE, FailureReason, JobStatus
+from app.enums import FailureReason, JobStatus
 from app.scheduler import inputs
-from app.scheduler.ledger import active_reservations, node_states
+from app.scheduler.ledger import active_jobs, node_states, reservations_of
 from app.scheduler.policy import Placement, PolicyConfig, Quotas, schedule
 from app.services import transitions
 from app.services.nodes import NodeSnapshot, live_nodes
@@ -113,16 +112,12 @@ class Scheduler:
             if not queued:
                 publish_waiting(self.redis, {})
                 return []
-            active = session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
+            active = active_jobs(session)
             utils = inputs.expected_utils(session, sorted({j.fingerprint for j in [*queued, *active] if j.fingerprint}))
             running = inputs.running_jobs(active, utils)
-            loads: dict[tuple[str, int], float] = defaultdict(float)
-            for job in running:
-                for index in job.gpu_indices:
-                    loads[job.node, index] += job.util
             decision = schedule(
                 inputs.pending_jobs(queued, utils),
-                node_states(nodes, active_reservations(session), self.settings.safety_margin_mb, loads),
+                node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running),
                 now.timestamp(),
                 running=running,
                 users=inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600),
@@ -158,7 +153,7 @@ class Scheduler:
         grace = timedelta(seconds=RUN_HEARTBEAT_TTL_S)
         reenqueue_after = timedelta(seconds=REENQUEUE_AFTER_S)
         with self.sessions() as session:
-            active = session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
+            active = active_jobs(session)
         for job in active:
             since = job.started_at or job.dispatched_at or now
             if job.status is JobStatus.RUNNING:

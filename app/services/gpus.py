@@ -3,13 +3,13 @@
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from app.scheduler.ledger import active_reservations, available_mb
+from app.scheduler.ledger import active_jobs, available_mb, reservations_of
 from app.schemas import ForeignProcess, GpuOut
 from app.services.nodes import live_nodes
 
 
 def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
-    reservations = active_reservations(session)
+    reservations = reservations_of(active_jobs(session))
     return [
         GpuOut(
             node=snap.node,

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
 from app.errors import Forbidden, JobFinished, JobNotFound, NoHistory, QuotaExceeded, RunNotFound, VramUnsatisfiable
-from app.scheduler.inputs import queued_count
 from app.schemas import JobOut, JobSubmit
 from app.services import sizing, transitions
 from app.services.nodes import live_nodes
@@ -115,7 +114,8 @@ def submit(
 ) -> tuple[Job, int | None]:
     """Validate against the live GPUs and the job's history, then queue it; returns it with the request
     its history suggests. With `right_size`, the request becomes that suggestion (retrain)."""
-    if queued_quota is not None and queued_count(session, user.id) >= queued_quota:
+    queued = select(func.count()).where(Job.user_id == user.id, Job.status == JobStatus.QUEUED)
+    if queued_quota is not None and (session.scalar(queued) or 0) >= queued_quota:
         raise QuotaExceeded(f"you already have {queued_quota} queued jobs, the most the quota allows")
     fingerprint = sizing.fingerprint(user.name, spec.command, spec.workdir, base_dir)
     suggested = sizing.suggest(sizing.past_peaks(session, [fingerprint]).get(fingerprint, []))
@@ -228,13 +228,18 @@ def metrics(session: Session, job_id: int) -> Sequence[Metric]:
     return session.scalars(query).all()
 
 
-def log_text(session: Session, job_id: int, attempt: int | None = None) -> str:
-    """The stdout and stderr of an attempt (default the latest that started); empty before any."""
-    job = get(session, job_id)
+def _run(session: Session, job_id: int, attempt: int | None) -> Run | None:
+    """The given attempt of a job, or its latest."""
     query = select(Run).where(Run.job_id == job_id)
     if attempt is not None:
         query = query.where(Run.attempt == attempt)
-    run = session.scalars(query.order_by(Run.attempt.desc()).limit(1)).first()
+    return session.scalars(query.order_by(Run.attempt.desc()).limit(1)).first()
+
+
+def log_text(session: Session, job_id: int, attempt: int | None = None) -> str:
+    """The stdout and stderr of an attempt (default the latest that started); empty before any."""
+    job = get(session, job_id)
+    run = _run(session, job_id, attempt)
     if run is None:
         if attempt is not None:
             raise RunNotFound(f"job {job_id} has no attempt {attempt} (it is at attempt {job.attempt})")
@@ -254,10 +259,7 @@ def follow_log(
     while True:
         with sessions() as session:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
-            query = select(Run).where(Run.job_id == job_id)
-            if attempt is not None:
-                query = query.where(Run.attempt == attempt)
-            run = session.scalars(query.order_by(Run.attempt.desc()).limit(1)).first()
+            run = _run(session, job_id, attempt)
         ended = status is None or status.terminal or (attempt is not None and run is not None and run.released_at)
         if run is not None and run.attempt != shown:
             if shown is not None:
