@@ -48,12 +48,13 @@ def test_simultaneous_submissions_never_over_commit(
         seen_reserved = []
         deadline = time.monotonic() + 240
         while True:
-            [gpu] = httpx.get(f"{api_url}/api/v1/gpus", headers=headers).json()
-            seen_reserved.append(gpu["reserved_mb"])
             with sessions() as session:
                 open_jobs = session.scalar(
                     select(Job.id).where(Job.status.not_in(["succeeded", "failed", "cancelled"])).limit(1)
                 )
+            # Sampled after the check, so the last sample is taken once every job has ended.
+            [gpu] = httpx.get(f"{api_url}/api/v1/gpus", headers=headers).json()
+            seen_reserved.append(gpu["reserved_mb"])
             if open_jobs is None:
                 break
             assert time.monotonic() < deadline, "jobs did not finish in time"
