@@ -10,7 +10,8 @@ from sqlalchemy import inspect
 from app.config import Settings
 from app.db.migrate import downgrade, upgrade
 from app.db.models import Base
-from app.db.session import make_engine
+from app.db.session import make_engine, make_sessionmaker
+from app.services.sizing import past_peaks
 
 
 def test_migrations_match_the_models(settings: Settings) -> None:
@@ -69,3 +70,36 @@ def test_upgrading_keeps_existing_jobs_with_sane_defaults(settings: Settings) ->
 
     assert decoded(retry_on) == ["oom", "lost"]
     assert decoded(warnings) == []
+
+
+def test_upgrading_gives_existing_runs_their_jobs_fingerprint(settings: Settings) -> None:
+    """0004 copies each job's fingerprint onto its runs: the history of runs recorded before it still
+    right-sizes later submissions."""
+    from sqlalchemy import text
+
+    downgrade(settings, "0003")
+    engine = make_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, name, admin, token_hash, created_at) "
+                "VALUES (1, 'old', false, 'h', CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, status, command, env, vram_mb, gpus, priority, max_retries, attempt, "
+                "cancel_requested, created_at, retry_on, warnings, fingerprint) VALUES (1, 1, 'succeeded', "
+                "'[\"true\"]', '{}', 100, 1, 0, 0, 1, false, CURRENT_TIMESTAMP, '[]', '[]', 'fp-old')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO runs (id, job_id, attempt, node, gpu_indices, vram_mb, outcome, peak_vram_mb, "
+                "reserved_at) VALUES (1, 1, 1, 'n', '[0]', 100, 'succeeded', 700, CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade(settings)
+    with make_sessionmaker(engine)() as session:
+        assert past_peaks(session, ["fp-old"]) == {"fp-old": [700]}
+    engine.dispose()

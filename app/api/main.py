@@ -2,14 +2,20 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from redis import Redis
+from starlette.datastructures import State
 
 from app.api import errors
+from app.api.intake import GroupCommit
 from app.api.routes import health, jobs, models, resources
 from app.config import Settings
-from app.db.session import make_engine, make_sessionmaker
+from app.db.session import make_engine, make_sessionmaker, transaction
+from app.errors import VramqError
+from app.services import jobs as jobs_service
+from app.services.waiting import wake_scheduler
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -18,7 +24,10 @@ def create_app(settings: Settings) -> FastAPI:
         engine = make_engine(settings)
         app.state.settings = settings
         app.state.sessions = make_sessionmaker(engine)
+        app.state.reads = make_sessionmaker(engine, read_only=True)
+        app.state.users = {}  # token hash -> (User, expiry), see deps._current_user
         app.state.redis = Redis.from_url(settings.redis_url)
+        app.state.submissions = GroupCommit(partial(_write_submissions, app.state))
         yield
         app.state.redis.close()
         engine.dispose()
@@ -29,6 +38,14 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (jobs, resources, models):
         app.include_router(module.router, prefix="/api/v1")
     return app
+
+
+def _write_submissions(state: State, batch: list[jobs_service.Submission]) -> list[jobs_service.Submitted | VramqError]:
+    with transaction(state.sessions) as session:
+        results = jobs_service.submit_many(session, state.redis, batch, state.settings)
+    if any(not isinstance(result, VramqError) for result in results):
+        wake_scheduler(state.redis)
+    return results
 
 
 def app_from_env() -> FastAPI:

@@ -86,7 +86,9 @@ class Run(Base):
     """One attempt of a job; its reservation lives from reserved_at to released_at."""
 
     __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
+    # History lookups (right-sizing, expected utilisation) read a fingerprint's newest runs from this index,
+    # however many jobs with that fingerprint are queued.
+    __table_args__ = (UniqueConstraint("job_id", "attempt"), Index("ix_runs_fingerprint", "fingerprint", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -94,6 +96,7 @@ class Run(Base):
     node: Mapped[str] = mapped_column(String(128))
     gpu_indices: Mapped[list[Any]]
     vram_mb: Mapped[int]
+    fingerprint: Mapped[str | None] = mapped_column(String(64))  # the job's, copied at dispatch
     pid: Mapped[int | None]
     exit_code: Mapped[int | None]
     outcome: Mapped[JobStatus | None] = mapped_column(str_enum(JobStatus))

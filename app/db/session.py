@@ -1,8 +1,10 @@
 """Engines and sessions; nothing is connected at import time."""
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,6 +13,11 @@ from app.config import Settings
 
 # pg_advisory_xact_lock key serialising reservation writes (invariant 1); any constant works.
 _LEDGER_LOCK_KEY = 0x7652414D
+# Execution option of the engine behind read-only sessions: on SQLite they BEGIN DEFERRED and never wait.
+_READ_ONLY = "vramq_read_only"
+# One lock per SQLite engine: the threads of one process queue for the write lock here and are woken the
+# moment it frees, instead of polling in SQLite's busy handler (which sleeps 1, 2, 5 ... 100 ms).
+_sqlite_writers: WeakKeyDictionary[Engine, threading.RLock] = WeakKeyDictionary()
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -19,6 +26,7 @@ def make_engine(settings: Settings) -> Engine:
         settings.home.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
+        _sqlite_writers[engine] = threading.RLock()
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -39,17 +47,21 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on `engine`; `read_only` ones must not write (on SQLite they hold no lock, so a write
+    would fail with 'database is locked' instead of waiting its turn)."""
+    return sessionmaker(engine.execution_options(**{_READ_ONLY: True}) if read_only else engine, expire_on_commit=False)
 
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
-    with factory() as session, session.begin():
+    """A session whose work commits on success and rolls back on any error; on SQLite, writers of this
+    process take their turn on a lock first."""
+    writers = _sqlite_writers.get(factory.kw["bind"])
+    with writers or nullcontext(), factory() as session, session.begin():
         yield session
 
 

@@ -12,23 +12,16 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, Run, User
 from app.scheduler.fairshare import decayed_gb_hours
 from app.scheduler.policy import DEFAULT_UTIL, PendingJob, RunningJob, UserState
+from app.services.sizing import recent_runs
 
-HISTORY_RUNS = 20
+# Utilisation follows the code more than the data: the newest few runs tell it.
+UTIL_HISTORY_RUNS = 20
 
 
 def expected_utils(session: Session, fingerprints: Sequence[str]) -> dict[str, float]:
     """Median measured compute utilisation of each fingerprint's recent runs."""
-    samples: dict[str, list[float]] = defaultdict(list)
-    rows = session.execute(
-        select(Job.fingerprint, Run.util)
-        .join(Run, Run.job_id == Job.id)
-        .where(Job.fingerprint.in_(fingerprints), Run.util.is_not(None))
-        .order_by(Run.id.desc())
-    )
-    for fingerprint, util in rows:
-        if fingerprint and util is not None and len(samples[fingerprint]) < HISTORY_RUNS:
-            samples[fingerprint].append(util)
-    return {fp: statistics.median(values) for fp, values in samples.items()}
+    history = recent_runs(session, Run.util, fingerprints, limit=UTIL_HISTORY_RUNS)
+    return {fp: statistics.median(values) for fp, values in history.items()}
 
 
 def util_of(job: Job, utils: dict[str, float]) -> float:

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
-from app.errors import Forbidden, JobFinished, JobNotFound, NoHistory, QuotaExceeded, RunNotFound, VramUnsatisfiable
+from app.errors import (
+    Forbidden,
+    JobFinished,
+    JobNotFound,
+    NoHistory,
+    QuotaExceeded,
+    RunNotFound,
+    VramqError,
+    VramUnsatisfiable,
+)
 from app.schemas import JobOut, JobSubmit
 from app.services import sizing, transitions
-from app.services.nodes import live_nodes
+from app.services.nodes import NodeSnapshot, live_nodes
 from app.services.waiting import waiting_of
 
 
@@ -80,9 +90,8 @@ def to_outs(session: Session, redis: Redis, jobs: Sequence[Job]) -> list[JobOut]
     return [to_out(job, sizing.suggest(peaks.get(job.fingerprint or "", [])), waiting.get(job.id)) for job in jobs]
 
 
-def check_satisfiable(redis: Redis, vram_mb: int, gpus: int, margin_mb: int) -> None:
+def check_satisfiable(nodes: Sequence[NodeSnapshot], vram_mb: int, gpus: int, margin_mb: int) -> None:
     """Refuse a request that no live node could hold even when idle; with no live node, accept and wait."""
-    nodes = live_nodes(redis)
     if not nodes:
         return
     # For each node with enough GPUs: the most that `gpus` of its GPUs can each give.
@@ -101,27 +110,72 @@ def check_satisfiable(redis: Redis, vram_mb: int, gpus: int, margin_mb: int) -> 
         )
 
 
-def submit(
-    session: Session,
-    redis: Redis,
-    user: User,
-    spec: JobSubmit,
-    *,
-    margin_mb: int,
-    base_dir: Path,
-    right_size: bool = False,
-    queued_quota: int | None = None,
-) -> tuple[Job, int | None]:
-    """Validate against the live GPUs and the job's history, then queue it; returns it with the request
-    its history suggests. With `right_size`, the request becomes that suggestion (retrain)."""
-    queued = select(func.count()).where(Job.user_id == user.id, Job.status == JobStatus.QUEUED)
-    if queued_quota is not None and (session.scalar(queued) or 0) >= queued_quota:
-        raise QuotaExceeded(f"you already have {queued_quota} queued jobs, the most the quota allows")
-    fingerprint = sizing.fingerprint(user.name, spec.command, spec.workdir, base_dir)
-    suggested = sizing.suggest(sizing.past_peaks(session, [fingerprint]).get(fingerprint, []))
-    warnings = []
-    if right_size and suggested is not None:
+@dataclass(frozen=True)
+class Submission:
+    """One job to queue for `user`; with `right_size`, its request becomes what its history suggests
+    (retrain)."""
+
+    user: User
+    spec: JobSubmit
+    right_size: bool = False
+
+
+Submitted = tuple[Job, int | None]  # the queued job and the request its history suggests
+
+
+def submit_many(
+    session: Session, redis: Redis, submissions: Sequence[Submission], settings: Settings
+) -> list[Submitted | VramqError]:
+    """Validate each submission against the live GPUs, its history and its user's queued quota, and queue
+    the valid ones; one refused submission (its VramqError in the result) does not refuse the others.
+    A batch costs one history query, one quota query and one INSERT, whatever its size."""
+    base_dir = Path.cwd()  # relative script paths resolve against this process's cwd
+    fingerprints = [sizing.fingerprint(s.user.name, s.spec.command, s.spec.workdir, base_dir) for s in submissions]
+    peaks = sizing.past_peaks(session, sorted(set(fingerprints)))
+    nodes = live_nodes(redis)
+    queued: dict[int, int] = {}
+    if settings.quota_queued is not None:
+        users = sorted({s.user.id for s in submissions})
+        queued = dict(
+            session.execute(
+                select(Job.user_id, func.count())
+                .where(Job.user_id.in_(users), Job.status == JobStatus.QUEUED)
+                .group_by(Job.user_id)
+            ).all()
+        )
+    results: list[Submitted | VramqError] = []
+    for submission, fingerprint in zip(submissions, fingerprints, strict=True):
+        try:
+            if settings.quota_queued is not None and queued.get(submission.user.id, 0) >= settings.quota_queued:
+                raise QuotaExceeded(f"you already have {settings.quota_queued} queued jobs, the most the quota allows")
+            suggested = sizing.suggest(peaks.get(fingerprint, []))
+            job = _new_job(submission, fingerprint, suggested, nodes, settings.safety_margin_mb)
+        except VramqError as refused:
+            results.append(refused)
+            continue
+        job.user = session.merge(submission.user, load=False)  # the caller may be a cached, detached User
+        session.add(job)
+        queued[submission.user.id] = queued.get(submission.user.id, 0) + 1
+        results.append((job, suggested))
+    session.flush()
+    return results
+
+
+def submit(session: Session, redis: Redis, submission: Submission, settings: Settings) -> Submitted:
+    """Queue one job, or raise why it is refused."""
+    [result] = submit_many(session, redis, [submission], settings)
+    if isinstance(result, VramqError):
+        raise result
+    return result
+
+
+def _new_job(
+    submission: Submission, fingerprint: str, suggested: int | None, nodes: Sequence[NodeSnapshot], margin_mb: int
+) -> Job:
+    spec = submission.spec
+    if submission.right_size and suggested is not None:
         spec = spec.model_copy(update={"vram_mb": suggested})
+    warnings = []
     if spec.vram_mb == "auto":
         if suggested is None:
             raise NoHistory(
@@ -134,9 +188,9 @@ def submit(
         )
     vram_mb = spec.vram_mb if isinstance(spec.vram_mb, int) else suggested
     assert vram_mb is not None
-    check_satisfiable(redis, vram_mb, spec.gpus, margin_mb)
-    job = Job(
-        user_id=user.id,
+    check_satisfiable(nodes, vram_mb, spec.gpus, margin_mb)
+    return Job(
+        user_id=submission.user.id,
         name=spec.name,
         command=spec.command,
         workdir=spec.workdir,
@@ -150,26 +204,6 @@ def submit(
         keras=spec.keras.model_dump(exclude_none=True) if spec.keras else None,
         fingerprint=fingerprint,
         warnings=warnings,
-    )
-    job.user = user
-    session.add(job)
-    session.flush()
-    return job, suggested
-
-
-def submit_configured(
-    session: Session, redis: Redis, user: User, spec: JobSubmit, settings: Settings, *, right_size: bool = False
-) -> tuple[Job, int | None]:
-    """`submit` with the service's margin and quotas; relative scripts resolve against this process's cwd."""
-    return submit(
-        session,
-        redis,
-        user,
-        spec,
-        margin_mb=settings.safety_margin_mb,
-        base_dir=Path.cwd(),
-        right_size=right_size,
-        queued_quota=settings.quota_queued,
     )
 
 

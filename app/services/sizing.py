@@ -5,11 +5,12 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.db.models import Job, Run
+from app.db.models import Run
 from app.enums import JobStatus
 
 # A right-sized request is the 95th percentile of past peaks plus this much headroom: allocator
@@ -43,20 +44,36 @@ def fingerprint(user: str, command: Sequence[str], workdir: str | None, base_dir
     return hashlib.sha256(json.dumps([user, list(command), script_hash]).encode()).hexdigest()
 
 
+def recent_runs(
+    session: Session,
+    column: InstrumentedAttribute[Any],
+    fingerprints: Sequence[str],
+    *conditions: Any,
+    limit: int = HISTORY_RUNS,
+) -> dict[str, list[Any]]:
+    """The values of a run column (not null) in each fingerprint's newest `limit` runs, newest first:
+    one query over the runs index, whatever the number of queued jobs with that fingerprint."""
+    if not fingerprints:
+        return {}
+    ranked = (
+        select(
+            Run.fingerprint,
+            column.label("value"),
+            func.row_number().over(partition_by=Run.fingerprint, order_by=Run.id.desc()).label("rank"),
+        )
+        .where(Run.fingerprint.in_(fingerprints), column.is_not(None), *conditions)
+        .subquery()
+    )
+    found: dict[str, list[Any]] = {}
+    query = select(ranked.c.fingerprint, ranked.c.value).where(ranked.c.rank <= limit).order_by(ranked.c.rank)
+    for fingerprint, value in session.execute(query):
+        found.setdefault(fingerprint, []).append(value)
+    return found
+
+
 def past_peaks(session: Session, fingerprints: Sequence[str]) -> dict[str, list[int]]:
     """Peak VRAM of the recent successful runs of each fingerprint."""
-    rows = session.execute(
-        select(Job.fingerprint, Run.peak_vram_mb)
-        .join(Run, Run.job_id == Job.id)
-        .where(Job.fingerprint.in_(fingerprints), Run.outcome == JobStatus.SUCCEEDED, Run.peak_vram_mb.is_not(None))
-        .order_by(Run.id.desc())
-    )
-    peaks: dict[str, list[int]] = {}
-    for fp, peak in rows:
-        history = peaks.setdefault(fp or "", [])
-        if peak is not None and len(history) < HISTORY_RUNS:
-            history.append(peak)
-    return peaks
+    return recent_runs(session, Run.peak_vram_mb, fingerprints, Run.outcome == JobStatus.SUCCEEDED)
 
 
 def suggest(peaks: Sequence[int]) -> int | None:

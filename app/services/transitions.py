@@ -68,6 +68,7 @@ def dispatch(session: Session, job: Job, node: str, gpu_indices: list[int]) -> b
                 node=node,
                 gpu_indices=gpu_indices,
                 vram_mb=job.vram_mb,
+                fingerprint=job.fingerprint,
                 reserved_at=now,
             )
         )

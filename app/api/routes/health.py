@@ -14,7 +14,7 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        with request.app.state.sessions() as session:
+        with request.app.state.reads() as session:
             session.execute(text("SELECT 1"))
         checks["sql"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure

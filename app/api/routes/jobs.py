@@ -1,28 +1,21 @@
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.api.deps import CurrentUser, RedisDep, SessionDep, SubmissionsDep, WritesDep
+from app.db.session import transaction
 from app.enums import JobStatus
 from app.schemas import JobOut, JobSubmit, MetricOut, RunOut
 from app.services import jobs
-from app.services.waiting import wake_scheduler
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def submit(
-    spec: JobSubmit,
-    user: CurrentUser,
-    session: SessionDep,
-    redis: RedisDep,
-    settings: SettingsDep,
-    background: BackgroundTasks,
-) -> JobOut:
-    job, suggested = jobs.submit_configured(session, redis, user, spec, settings)
-    background.add_task(wake_scheduler, redis)  # runs after the commit
+async def submit(spec: JobSubmit, user: CurrentUser, submissions: SubmissionsDep) -> JobOut:
+    """Queued in the next group commit (see app/api/intake.py): the job is in SQL when this answers."""
+    job, suggested = await submissions(jobs.Submission(user, spec))
     return jobs.to_out(job, suggested)
 
 
@@ -50,8 +43,9 @@ def get(job_id: int, _: CurrentUser, session: SessionDep, redis: RedisDep) -> Jo
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
-def cancel(job_id: int, user: CurrentUser, session: SessionDep) -> JobOut:
-    return jobs.to_out(jobs.cancel(session, job_id, user))
+def cancel(job_id: int, user: CurrentUser, writes: WritesDep) -> JobOut:
+    with transaction(writes) as session:
+        return jobs.to_out(jobs.cancel(session, job_id, user))
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
@@ -68,7 +62,7 @@ def logs(
     if not follow:
         return PlainTextResponse(text)
     return StreamingResponse(
-        jobs.follow_log(request.app.state.sessions, job_id, attempt), media_type="text/plain; charset=utf-8"
+        jobs.follow_log(request.app.state.reads, job_id, attempt), media_type="text/plain; charset=utf-8"
     )
 
 

@@ -5,9 +5,11 @@ from fastapi import APIRouter, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, WritesDep
+from app.db.session import transaction
 from app.schemas import AliasOut, AliasSet, JobOut, JobSubmit, ModelOut, ModelVersionOut
 from app.services import jobs, models
+from app.services.waiting import wake_scheduler
 
 router = APIRouter(prefix="/models", tags=["models"])
 AliasName = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -37,22 +39,26 @@ def artifact(name: str, version: int, _: CurrentUser, session: SessionDep) -> Fi
 
 
 @router.put("/{name}/aliases/{alias}")
-def set_alias(name: str, alias: AliasName, body: AliasSet, _: CurrentUser, session: SessionDep) -> AliasOut:
-    found = models.set_alias(session, name, alias, body.version)
+def set_alias(name: str, alias: AliasName, body: AliasSet, _: CurrentUser, writes: WritesDep) -> AliasOut:
+    with transaction(writes) as session:
+        found = models.set_alias(session, name, alias, body.version)
     return AliasOut(name=found.name, alias=found.alias, version=found.version)
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_alias(name: str, alias: str, _: CurrentUser, session: SessionDep) -> Response:
-    models.delete_alias(session, name, alias)
+def delete_alias(name: str, alias: str, _: CurrentUser, writes: WritesDep) -> Response:
+    with transaction(writes) as session:
+        models.delete_alias(session, name, alias)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{name}/versions/{version}/retrain", status_code=status.HTTP_201_CREATED)
 def retrain(
-    name: str, version: int, user: CurrentUser, session: SessionDep, redis: RedisDep, settings: SettingsDep
+    name: str, version: int, user: CurrentUser, writes: WritesDep, redis: RedisDep, settings: SettingsDep
 ) -> JobOut:
     """Submit again the spec that produced this version, sized from its history when there is one."""
-    spec = JobSubmit.model_validate(models.get_version(session, name, version).spec)
-    job, suggested = jobs.submit_configured(session, redis, user, spec, settings, right_size=True)
+    with transaction(writes) as session:
+        spec = JobSubmit.model_validate(models.get_version(session, name, version).spec)
+        job, suggested = jobs.submit(session, redis, jobs.Submission(user, spec, right_size=True), settings)
+    wake_scheduler(redis)
     return jobs.to_out(job, suggested)

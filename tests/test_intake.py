@@ -1,0 +1,122 @@
+"""Group commit of submissions: concurrent submissions share a transaction, and each still gets its own
+answer (a refused one refuses nothing else)."""
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api.intake import GroupCommit
+from app.config import Settings
+from app.db.models import Job, User
+from app.db.session import transaction
+from app.schemas import JobSubmit
+from app.services.jobs import Submission, submit_many
+
+CALLERS = 12
+QUOTA = 3
+
+
+def test_submissions_waiting_on_a_write_share_the_next_one() -> None:
+    """A lone item is written at once; the items that arrive meanwhile go together in the next batch."""
+    batches: list[list[int]] = []
+    first_started = threading.Event()
+    release_first = threading.Event()
+
+    def write(batch: list[int]) -> list[int | Exception]:
+        batches.append(batch)
+        if len(batches) == 1:
+            first_started.set()
+            release_first.wait(10)
+        return [item * 10 if item % 3 else ValueError(f"item {item} refused") for item in batch]
+
+    async def scenario() -> list[int | BaseException]:
+        group: GroupCommit[int, int] = GroupCommit(write)
+        first = asyncio.create_task(group(1))
+        await asyncio.to_thread(first_started.wait, 10)
+        rest = [asyncio.create_task(group(item)) for item in range(2, CALLERS + 1)]
+        await asyncio.sleep(0.05)  # every later caller is waiting on the first write
+        release_first.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert batches == [[1], list(range(2, CALLERS + 1))]
+    for item, result in zip(range(1, CALLERS + 1), results, strict=True):
+        if item % 3:
+            assert result == item * 10
+        else:
+            assert isinstance(result, ValueError) and str(result) == f"item {item} refused"
+
+
+def test_a_failed_write_fails_every_caller_of_its_batch_and_the_next_batch_still_runs() -> None:
+    calls = 0
+
+    def write(batch: list[str]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("database is down")
+        return [item.upper() for item in batch]
+
+    async def scenario() -> tuple[list[str | BaseException], str]:
+        group: GroupCommit[str, str] = GroupCommit(write)
+        failed = await asyncio.gather(group("a"), group("b"), return_exceptions=True)
+        return failed, await group("c")
+
+    failed, later = asyncio.run(scenario())
+    assert all(isinstance(result, ConnectionError) for result in failed)
+    assert later == "C"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"quota_queued": QUOTA})
+
+
+def test_concurrent_submissions_over_the_queued_quota_are_refused_one_by_one(
+    api_url: str, sessions: sessionmaker[Session], make_user: Callable[..., tuple[User, str]]
+) -> None:
+    """Twelve simultaneous submissions against a queued quota of 3 (the API process batches them): exactly
+    three are queued, the other nine get 429 quota_exceeded, and nothing else is written."""
+    user, token = make_user("burst")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def submit(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{api_url}/api/v1/jobs", json={"command": ["true"], "vram_mb": 100}, headers=headers, timeout=30
+        )
+
+    with ThreadPoolExecutor(CALLERS) as pool:
+        responses = list(pool.map(submit, range(CALLERS)))
+    accepted = [r for r in responses if r.status_code == 201]
+    refused = [r for r in responses if r.status_code != 201]
+    assert len(accepted) == QUOTA
+    assert {r.status_code for r in refused} == {429}
+    assert {r.json()["error"]["code"] for r in refused} == {"quota_exceeded"}
+    with sessions() as session:
+        stored = session.scalars(select(Job.id).where(Job.user_id == user.id)).all()
+        assert sorted(stored) == sorted(r.json()["id"] for r in accepted)
+        assert session.scalar(select(func.count()).select_from(Job)) == QUOTA
+
+
+def test_one_batch_counts_its_own_jobs_against_the_quota(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis,
+    make_user: Callable[..., tuple[User, str]],  # noqa: ANN001
+) -> None:
+    """The quota holds inside a single batch, and a refusal (here: 'auto' with no history) uses none of it."""
+    user, _ = make_user("batch")
+    specs = [{"command": ["true"], "vram_mb": "auto"}] + [{"command": ["true"], "vram_mb": 100}] * 4
+    with transaction(sessions) as session:
+        results = submit_many(
+            session, redis, [Submission(user, JobSubmit.model_validate(spec)) for spec in specs], settings
+        )
+    assert [type(result).__name__ for result in results] == ["NoHistory", "tuple", "tuple", "tuple", "QuotaExceeded"]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == QUOTA
