@@ -7,6 +7,7 @@ from redis import Redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+import worker.task  # noqa: F401 - imported once here, every forked work horse starts with it (~0.7 s a job)
 from app.config import Settings
 from app.constants import node_queue
 
