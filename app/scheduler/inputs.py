@@ -20,7 +20,7 @@ UTIL_HISTORY_RUNS = 20
 
 def expected_utils(session: Session, fingerprints: Sequence[str]) -> dict[str, float]:
     """Median measured compute utilisation of each fingerprint's recent runs."""
-    history = recent_runs(session, Run.util, fingerprints, limit=UTIL_HISTORY_RUNS)
+    history = recent_runs(session, "util", fingerprints, limit=UTIL_HISTORY_RUNS)
     return {fp: statistics.median(values) for fp, values in history.items()}
 
 

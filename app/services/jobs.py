@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.config import Settings
 from app.db.models import Job, Metric, Run, User
@@ -143,22 +144,28 @@ def submit_many(
                 .group_by(Job.user_id)
             ).all()
         )
-    results: list[Submitted | VramqError] = []
+    results: list[Submitted | VramqError | None] = []
+    rows: list[dict[str, Any]] = []  # the accepted jobs' columns, in order
+    accepted: list[tuple[int, Submission, int | None]] = []  # (index in results, submission, suggestion)
     for submission, fingerprint in zip(submissions, fingerprints, strict=True):
         try:
             if settings.quota_queued is not None and queued.get(submission.user.id, 0) >= settings.quota_queued:
                 raise QuotaExceeded(f"you already have {settings.quota_queued} queued jobs, the most the quota allows")
             suggested = sizing.suggest(peaks.get(fingerprint, []))
-            job = _new_job(submission, fingerprint, suggested, nodes, settings.safety_margin_mb)
+            rows.append(_job_columns(submission, fingerprint, suggested, nodes, settings.safety_margin_mb))
         except VramqError as refused:
             results.append(refused)
             continue
-        job.user = session.merge(submission.user, load=False)  # the caller may be a cached, detached User
-        session.add(job)
         queued[submission.user.id] = queued.get(submission.user.id, 0) + 1
-        results.append((job, suggested))
-    session.flush()
-    return results
+        accepted.append((len(results), submission, suggested))
+        results.append(None)
+    if rows:  # one multi-row INSERT ... RETURNING, giving ORM objects back in the rows' order
+        inserted = session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), rows).all()
+        callers = {user.id: session.merge(user, load=False) for user in {s.user for _, s, _ in accepted}}
+        for (index, submission, suggested), job in zip(accepted, inserted, strict=True):
+            set_committed_value(job, "user", callers[submission.user.id])  # no query, nothing to flush
+            results[index] = (job, suggested)
+    return [result for result in results if result is not None]
 
 
 def submit(session: Session, redis: Redis, submission: Submission, settings: Settings) -> Submitted:
@@ -169,9 +176,9 @@ def submit(session: Session, redis: Redis, submission: Submission, settings: Set
     return result
 
 
-def _new_job(
+def _job_columns(
     submission: Submission, fingerprint: str, suggested: int | None, nodes: Sequence[NodeSnapshot], margin_mb: int
-) -> Job:
+) -> dict[str, Any]:
     spec = submission.spec
     if submission.right_size and suggested is not None:
         spec = spec.model_copy(update={"vram_mb": suggested})
@@ -189,22 +196,22 @@ def _new_job(
     vram_mb = spec.vram_mb if isinstance(spec.vram_mb, int) else suggested
     assert vram_mb is not None
     check_satisfiable(nodes, vram_mb, spec.gpus, margin_mb)
-    return Job(
-        user_id=submission.user.id,
-        name=spec.name,
-        command=spec.command,
-        workdir=spec.workdir,
-        env=spec.env,
-        vram_mb=vram_mb,
-        gpus=spec.gpus,
-        priority=spec.priority,
-        time_limit_s=spec.time_limit_s,
-        max_retries=spec.max_retries,
-        retry_on=[str(reason) for reason in spec.retry_on],
-        keras=spec.keras.model_dump(exclude_none=True) if spec.keras else None,
-        fingerprint=fingerprint,
-        warnings=warnings,
-    )
+    return {
+        "user_id": submission.user.id,
+        "name": spec.name,
+        "command": spec.command,
+        "workdir": spec.workdir,
+        "env": spec.env,
+        "vram_mb": vram_mb,
+        "gpus": spec.gpus,
+        "priority": spec.priority,
+        "time_limit_s": spec.time_limit_s,
+        "max_retries": spec.max_retries,
+        "retry_on": [str(reason) for reason in spec.retry_on],
+        "keras": spec.keras.model_dump(exclude_none=True) if spec.keras else None,
+        "fingerprint": fingerprint,
+        "warnings": warnings,
+    }
 
 
 def get(session: Session, job_id: int) -> Job:

@@ -1,5 +1,6 @@
 """Right-sizing requests from history, and growing a request after an out-of-memory failure."""
 
+import functools
 import hashlib
 import json
 import math
@@ -7,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy.orm import Session
 
 from app.db.models import Run
 from app.enums import JobStatus
@@ -44,36 +45,49 @@ def fingerprint(user: str, command: Sequence[str], workdir: str | None, base_dir
     return hashlib.sha256(json.dumps([user, list(command), script_hash]).encode()).hexdigest()
 
 
+@functools.cache
+def _history_query(column: str, succeeded_only: bool) -> Select[tuple[str, Any]]:
+    """Built once per kind: the fingerprints and the limit are bound at execution."""
+    value = getattr(Run, column)
+    conditions = [Run.fingerprint.in_(bindparam("fingerprints", expanding=True)), value.is_not(None)]
+    if succeeded_only:
+        conditions.append(Run.outcome == JobStatus.SUCCEEDED)
+    ranked = (
+        select(
+            Run.fingerprint,
+            value.label("value"),
+            func.row_number().over(partition_by=Run.fingerprint, order_by=Run.id.desc()).label("rank"),
+        )
+        .where(*conditions)
+        .subquery()
+    )
+    return (
+        select(ranked.c.fingerprint, ranked.c.value).where(ranked.c.rank <= bindparam("limit")).order_by(ranked.c.rank)
+    )
+
+
 def recent_runs(
     session: Session,
-    column: InstrumentedAttribute[Any],
+    column: str,
     fingerprints: Sequence[str],
-    *conditions: Any,
+    *,
+    succeeded_only: bool = False,
     limit: int = HISTORY_RUNS,
 ) -> dict[str, list[Any]]:
     """The values of a run column (not null) in each fingerprint's newest `limit` runs, newest first:
     one query over the runs index, whatever the number of queued jobs with that fingerprint."""
     if not fingerprints:
         return {}
-    ranked = (
-        select(
-            Run.fingerprint,
-            column.label("value"),
-            func.row_number().over(partition_by=Run.fingerprint, order_by=Run.id.desc()).label("rank"),
-        )
-        .where(Run.fingerprint.in_(fingerprints), column.is_not(None), *conditions)
-        .subquery()
-    )
     found: dict[str, list[Any]] = {}
-    query = select(ranked.c.fingerprint, ranked.c.value).where(ranked.c.rank <= limit).order_by(ranked.c.rank)
-    for fingerprint, value in session.execute(query):
+    query = _history_query(column, succeeded_only)
+    for fingerprint, value in session.execute(query, {"fingerprints": list(fingerprints), "limit": limit}):
         found.setdefault(fingerprint, []).append(value)
     return found
 
 
 def past_peaks(session: Session, fingerprints: Sequence[str]) -> dict[str, list[int]]:
     """Peak VRAM of the recent successful runs of each fingerprint."""
-    return recent_runs(session, Run.peak_vram_mb, fingerprints, Run.outcome == JobStatus.SUCCEEDED)
+    return recent_runs(session, "peak_vram_mb", fingerprints, succeeded_only=True)
 
 
 def suggest(peaks: Sequence[int]) -> int | None:
