@@ -1,15 +1,17 @@
 """REST API v1: auth, validation, errors and the read endpoints (DESIGN section 4)."""
 
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Job, User
+from app.db.session import transaction
 from app.services.nodes import GpuSnapshot, NodeSnapshot, publish
 
 
@@ -229,3 +231,26 @@ def test_only_the_owner_or_an_admin_cancels(
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
     assert by_admin.status_code == 202 and by_admin.json()["status"] == "cancelled"
     assert by_owner.status_code == 202 and by_owner.json()["status"] == "cancelled"
+
+
+def test_reads_do_not_wait_for_a_writer(
+    client: TestClient,
+    auth: dict[str, str],
+    sessions: sessionmaker[Session],
+    make_user: Callable[..., tuple[User, str]],
+) -> None:
+    """While another process-like writer holds the database's write lock (the scheduler mid-dispatch),
+    listing jobs and reading one still answer: the API reads in lock-free transactions."""
+    job_id = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 100}, headers=auth).json()["id"]
+    answers: list[int] = []
+    with transaction(sessions) as writer:
+        writer.execute(update(Job).where(Job.id == job_id).values(priority=5))  # holds the write lock
+        reader = threading.Thread(
+            target=lambda: answers.extend(
+                client.get(path, headers=auth).status_code for path in ("/api/v1/jobs", f"/api/v1/jobs/{job_id}")
+            )
+        )
+        reader.start()
+        reader.join(timeout=20)  # SQLite's busy timeout is 30 s: a read that waited for the lock is still waiting
+        assert answers == [200, 200]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()["priority"] == 5

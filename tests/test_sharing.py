@@ -24,7 +24,8 @@ def test_two_nodes_share_the_work_and_a_two_gpu_job_stays_on_one(
     assert {g["node"] for g in client.get("/api/v1/gpus", headers=auth).json()} == {"node-a", "node-b"}
 
     pair = submit(client, auth, command=["sleep", "1"], vram_mb=6000, gpus=2)
-    singles = [submit(client, auth, command=["sleep", "1"], vram_mb=6000) for _ in range(3)]
+    # node-a holds one single for 3 s; the pair frees node-b well before, so the other two must go there
+    singles = [submit(client, auth, command=["sleep", "3"], vram_mb=6000) for _ in range(3)]
 
     done = cluster.wait(pair["id"])
     assert (done.node, sorted(done.gpu_indices)) == ("node-b", [0, 1])
