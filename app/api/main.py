@@ -1,13 +1,11 @@
 """The FastAPI application; engine and Redis client are created when the app starts, not on import."""
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
 from redis import Redis
-from redis.exceptions import RedisError
 from starlette.datastructures import State
 
 from app.api import errors
@@ -43,13 +41,11 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _write_submissions(state: State, batch: list[jobs_service.Submission]) -> list[jobs_service.Submitted | VramqError]:
-    """One group commit, then a nudge to the scheduler: the jobs are queued once committed, and a failed
-    nudge (Redis away) only means the scheduler finds them at its next tick."""
+    """One group commit, then a nudge to the scheduler if it queued anything."""
     with transaction(state.sessions) as session:
         results = jobs_service.submit_many(session, state.redis, batch, state.settings)
     if any(not isinstance(result, VramqError) for result in results):
-        with contextlib.suppress(RedisError):
-            wake_scheduler(state.redis)
+        wake_scheduler(state.redis)
     return results
 
 

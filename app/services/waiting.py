@@ -1,10 +1,12 @@
 """Why each queued job waits and when it may start: written by the scheduler each tick, read by the API."""
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from app.constants import PENDING_KEY, SCHEDULER_WAKE_KEY
 from app.scheduler.policy import Wait
@@ -37,8 +39,9 @@ def waiting_of(redis: Redis, job_ids: Sequence[int]) -> dict[int, tuple[str, dat
 
 
 def wake_scheduler(redis: Redis) -> None:
-    """Tell the leader there is new work (it would notice at its next tick anyway)."""
-    with redis.pipeline(transaction=False) as pipe:
+    """Tell the leader there is new work. Best effort: called after a commit, so a failure (Redis away)
+    must not fail the request; the scheduler finds the work at its next tick anyway."""
+    with contextlib.suppress(RedisError), redis.pipeline(transaction=False) as pipe:
         pipe.lpush(SCHEDULER_WAKE_KEY, 1)
         pipe.ltrim(SCHEDULER_WAKE_KEY, 0, 0)
         pipe.execute()
