@@ -144,9 +144,8 @@ def submit_many(
                 .group_by(Job.user_id)
             ).all()
         )
-    results: list[Submitted | VramqError | None] = []
-    rows: list[dict[str, Any]] = []  # the accepted jobs' columns, in order
-    accepted: list[tuple[int, Submission, int | None]] = []  # (index in results, submission, suggestion)
+    plans: list[tuple[Submission, int | None] | VramqError] = []  # (submission, suggestion) or why refused
+    rows: list[dict[str, Any]] = []  # the accepted jobs' columns, in the plans' order
     for submission, fingerprint in zip(submissions, fingerprints, strict=True):
         try:
             if settings.quota_queued is not None and queued.get(submission.user.id, 0) >= settings.quota_queued:
@@ -154,18 +153,27 @@ def submit_many(
             suggested = sizing.suggest(peaks.get(fingerprint, []))
             rows.append(_job_columns(submission, fingerprint, suggested, nodes, settings.safety_margin_mb))
         except VramqError as refused:
-            results.append(refused)
+            plans.append(refused)
             continue
         queued[submission.user.id] = queued.get(submission.user.id, 0) + 1
-        accepted.append((len(results), submission, suggested))
-        results.append(None)
-    if rows:  # one multi-row INSERT ... RETURNING, giving ORM objects back in the rows' order
-        inserted = session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), rows).all()
-        callers = {user.id: session.merge(user, load=False) for user in {s.user for _, s, _ in accepted}}
-        for (index, submission, suggested), job in zip(accepted, inserted, strict=True):
-            set_committed_value(job, "user", callers[submission.user.id])  # no query, nothing to flush
-            results[index] = (job, suggested)
-    return [result for result in results if result is not None]
+        plans.append((submission, suggested))
+    # One multi-row INSERT ... RETURNING gives the ORM objects back in the rows' order.
+    inserted = iter(
+        session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), rows).all() if rows else []
+    )
+    callers: dict[int, User] = {}  # each caller once in this session, cached users being detached
+    results: list[Submitted | VramqError] = []
+    for plan in plans:
+        if isinstance(plan, VramqError):
+            results.append(plan)
+            continue
+        submission, suggested = plan
+        job = next(inserted)
+        if submission.user.id not in callers:
+            callers[submission.user.id] = session.merge(submission.user, load=False)
+        set_committed_value(job, "user", callers[submission.user.id])  # no query, nothing to flush
+        results.append((job, suggested))
+    return results
 
 
 def submit(session: Session, redis: Redis, submission: Submission, settings: Settings) -> Submitted:
