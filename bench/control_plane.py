@@ -99,15 +99,16 @@ def vramq_latency(api: str, token: str, database_url: str, jobs: int) -> list[tu
     """(submit to dispatch, dispatch to running) of each job, in seconds, one job at a time."""
     headers = {"Authorization": f"Bearer {token}"}
     engine = create_engine(database_url)
+    query = text("SELECT created_at, dispatched_at, started_at FROM jobs WHERE id = :i")
     phases = []
     with httpx.Client(base_url=api, headers=headers, timeout=60) as client:
         for _ in range(jobs):
             response = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 100})
             response.raise_for_status()
-            query = text("SELECT created_at, dispatched_at, started_at FROM jobs WHERE id = :i")
+            job_id = response.json()["id"]
             while True:
                 with engine.connect() as conn:
-                    row = conn.execute(query, {"i": response.json()["id"]}).one()
+                    row = conn.execute(query, {"i": job_id}).one()
                 if row.started_at is not None:
                     break
                 time.sleep(0.005)

@@ -5,7 +5,7 @@ import json
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect, text
 
 from app.config import Settings
 from app.db.migrate import downgrade, upgrade
@@ -41,18 +41,21 @@ def test_sqlite_runs_in_wal_mode(settings: Settings) -> None:
     engine.dispose()
 
 
-def test_upgrading_keeps_existing_jobs_with_sane_defaults(settings: Settings) -> None:
-    from sqlalchemy import text
+def _insert_old_user(conn: Connection) -> None:
+    """User 1, as any schema version has stored it, for the rows written before an upgrade."""
+    conn.execute(
+        text(
+            "INSERT INTO users (id, name, admin, token_hash, created_at) "
+            "VALUES (1, 'old', false, 'h', CURRENT_TIMESTAMP)"
+        )
+    )
 
+
+def test_upgrading_keeps_existing_jobs_with_sane_defaults(settings: Settings) -> None:
     downgrade(settings, "0001")
     engine = make_engine(settings)
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (id, name, admin, token_hash, created_at) "
-                "VALUES (1, 'old', false, 'h', CURRENT_TIMESTAMP)"
-            )
-        )
+        _insert_old_user(conn)
         conn.execute(
             text(
                 "INSERT INTO jobs (id, user_id, status, command, env, vram_mb, gpus, priority, max_retries, attempt, "
@@ -75,17 +78,10 @@ def test_upgrading_keeps_existing_jobs_with_sane_defaults(settings: Settings) ->
 def test_upgrading_gives_existing_runs_their_jobs_fingerprint(settings: Settings) -> None:
     """0004 copies each job's fingerprint onto its runs: the history of runs recorded before it still
     right-sizes later submissions."""
-    from sqlalchemy import text
-
     downgrade(settings, "0003")
     engine = make_engine(settings)
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (id, name, admin, token_hash, created_at) "
-                "VALUES (1, 'old', false, 'h', CURRENT_TIMESTAMP)"
-            )
-        )
+        _insert_old_user(conn)
         conn.execute(
             text(
                 "INSERT INTO jobs (id, user_id, status, command, env, vram_mb, gpus, priority, max_retries, attempt, "
