@@ -164,19 +164,44 @@ def test_strict_order_blocks_behind_the_head() -> None:
 
 
 def test_compute_cap_spreads_busy_jobs() -> None:
-    pending = [PendingJob(i, 2000, util=0.7, submitted=i) for i in range(3)]
+    pending = [PendingJob(i, 2000, util=0.9, submitted=i) for i in range(3)]
 
     decision = schedule(pending, [node("a", 24000, 24000)], now=0)
 
-    # Memory alone would stack all three on one GPU; compute keeps each GPU's expected load under 1.3.
+    # Memory alone would stack all three on one GPU; compute keeps each GPU's expected load under 1.6.
     assert sorted(p.gpu_indices for p in decision.placements) == [(0,), (1,)]
     assert "compute-saturated" in decision.waiting[2].reason
 
 
-def test_a_mostly_idle_gpu_takes_one_more_job() -> None:
-    decision = schedule([PendingJob(1, 2000, util=0.9)], [NodeState("a", 8, (GpuState(0, 20000, util=0.45),))], now=0)
+def test_a_long_job_waits_rather_than_share_compute_with_another_long_one() -> None:
+    """GPU 0 runs a long busy job; GPU 1 a short one that leaves no memory now. A second long busy job
+    would double both run times on GPU 0 (both end near t=1720); waiting for GPU 1 at t=50 ends it by 950."""
+    running = [
+        RunningJob("a", (0,), 4000, util=0.9, expected_end=1000.0),
+        RunningJob("a", (1,), 22000, util=0.9, expected_end=50.0),
+    ]
+    nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.9), GpuState(1, 2000, util=0.9)))]
+    long = PendingJob(1, 4000, util=0.9, duration_s=900)
 
-    assert [p.gpu_indices for p in decision.placements] == [(0,)]  # 1.35 > 1.3, but the GPU was under half busy
+    decision = schedule([long], nodes, now=0, running=running)
+
+    assert decision.placements == []
+    assert decision.waiting[1].estimated_start == 50.0
+    assert "finish sooner" in decision.waiting[1].reason
+
+
+def test_a_long_job_goes_where_it_ends_soonest() -> None:
+    """GPU 0 is nearly idle but busy until t=5000; GPU 1 is busier but frees at t=10. A 1000 s job of
+    util 0.6 ends at 1200 on GPU 0 (load 1.2) and at 1005 on GPU 1."""
+    running = [
+        RunningJob("a", (0,), 1000, util=0.6, expected_end=5000.0),
+        RunningJob("a", (1,), 1000, util=0.9, expected_end=10.0),
+    ]
+    nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.6), GpuState(1, 20000, util=0.9)))]
+
+    decision = schedule([PendingJob(1, 2000, util=0.6, duration_s=1000)], nodes, now=0, running=running)
+
+    assert [p.gpu_indices for p in decision.placements] == [(1,)]
 
 
 def test_a_saturated_gpu_takes_no_more_work() -> None:

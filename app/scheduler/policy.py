@@ -5,11 +5,13 @@ the same `schedule`, so what the benchmark measures is what runs.
 
 - Order: fair share across users (least decayed usage first, charged as jobs are placed), then job
   priority, then submission. Without fair share: priority, then submission.
-- Placement: among GPUs whose expected compute load stays within the cap with the job (or that are
-  under half busy), the one whose known work outlasts the job, then the tightest memory fit: memory is
-  packed without stacking compute far past saturation, and GPUs of short jobs drain together.
-- Critical path: a job whose own run time is most of the known work left starts first, on the least
-  loaded GPU, and no later job may push that GPU past saturation.
+- Placement: among GPUs whose expected compute load stays within the cap with the job, the one whose
+  known work outlasts the job, then the tightest memory fit: memory is packed without stacking compute far
+  past saturation, and GPUs of short jobs drain together.
+- Critical path: a job whose own run time is most of the known work left starts first, where it
+  least raises the projected end of the known work (processor sharing, `_finish`), and no later job
+  may push its GPU past saturation. When every GPU with room now would have it share compute with
+  a long job, and running jobs elsewhere end soon enough, it waits for them instead (a reservation).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 
 DEFAULT_UTIL = 0.5  # Lucid's median solo utilisation (48%), for a job with no history yet
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
-IDLE_BELOW = 0.5  # a GPU with less expected load than this takes one more job whatever its load
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ class Quotas:
 class PolicyConfig:
     fair_share: bool = True
     backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
-    compute_cap: float | None = 1.3  # expected compute load a GPU may reach (tuned: bench/policies.py)
-    critical_share: float | None = 0.7  # jobs this long relative to the packed work ahead start first
+    compute_cap: float | None = 1.6  # expected compute load a GPU may reach (tuned: bench/policies.py)
+    critical_share: float | None = 0.9  # jobs this long relative to the packed work ahead start first
     quotas: Quotas = Quotas()
 
 
@@ -119,7 +120,7 @@ class _Reservation:
 class _Cluster:
     """Mutable working copy of the state, charged as placements are made."""
 
-    def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob]) -> None:
+    def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob], now: float = 0.0) -> None:
         self.nodes = {node.name: node for node in nodes}
         self.free = {(n.name, g.index): g.available_mb for n in nodes for g in n.gpus}
         self.util = {(n.name, g.index): g.util for n in nodes for g in n.gpus}
@@ -133,11 +134,21 @@ class _Cluster:
         self.reasons: dict[tuple, str] = {}
         self.blocked = "memory"  # what the last failed best_fit lacked
         self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
+        self.work: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in self.free}
+        self.background = dict.fromkeys(self.free, 0.0)  # load of jobs with unknown ends
         for job in self.running:
+            load = max((self.util.get((job.node, i), 0.0) for i in job.gpu_indices), default=0.0)
             for index in job.gpu_indices:
+                key = (job.node, index)
+                if key not in self.free:
+                    continue
                 if job.expected_end is not None:
-                    key = (job.node, index)
                     self.drain[key] = max(self.drain.get(key, 0.0), job.expected_end)
+                    self.work[key].append((max(0.0, job.expected_end - now) / max(1.0, load), job.util))
+                else:
+                    self.background[key] += job.util
+        self.finish = {k: _finish(now, self.work[k], self.background[k]) for k in self.free}
+        self.horizon = max(self.finish.values(), default=now)
 
     def _ranked(self, node: str) -> list[int]:
         return sorted((self.free[node, g.index] for g in self.nodes[node].gpus), reverse=True)
@@ -147,26 +158,25 @@ class _Cluster:
             return False
         if critical or cap is None:
             return True
-        load = self.util[key]
-        if key in self.protected and load + job.util > 1.0:
-            return False
-        # Stack while the sum stays under the cap, or onto a GPU still mostly idle.
-        return load + job.util <= cap or load < IDLE_BELOW
+        load = self.util[key] + job.util
+        return load <= (1.0 if key in self.protected else cap)
 
     def fitting(self, job: PendingJob, node: str, cap: float | None, now: float, critical: bool = False) -> list[tuple]:
         """(preference..., index) of the node's GPUs that can take the job now, best first.
 
-        A critical job takes the least loaded GPU (it must not be slowed). Others take the GPU whose
-        known work outlasts them (so GPUs of short jobs drain together and a big job finds one empty),
-        then the tightest memory fit.
+        A critical job (its run time is known) takes the GPU where it raises the projected end of all
+        known work least, then where it ends soonest. Others take the GPU whose known work outlasts
+        them (so GPUs of short jobs drain together and a big job finds one empty), then the tightest
+        memory fit.
         """
         keys = [(node, gpu.index) for gpu in self.nodes[node].gpus]
-        if critical:
-            return sorted(
-                (self.util[k] + job.util > 1.0, self.util[k], self.free[k], k[1])
-                for k in keys
-                if self.ok(job, k, cap, True)
-            )
+        if critical and job.duration_s is not None:
+            ranked = []
+            for k in keys:
+                if self.ok(job, k, cap, True):
+                    raised = max(self.horizon, self.projected(job, k, now))
+                    ranked.append((raised, self.projected(job, k, now, own=True), self.free[k], k[1]))
+            return sorted(ranked)
         fitting = []
         for k in keys:
             if self.ok(job, k, cap, False):
@@ -197,6 +207,14 @@ class _Cluster:
                 best = (score, Placement(job.id, name, tuple(sorted(c[-1] for c in chosen))))
         return best[1] if best else None
 
+    def projected(self, job: PendingJob, key: tuple[str, int], now: float, own: bool = False) -> float:
+        """When the GPU's known work would end with `job` added; with `own`, when `job` would."""
+        assert job.duration_s is not None
+        work = self.work[key]
+        if own:  # the others' work beyond the job's own end does not delay it
+            work = [(min(left, job.duration_s), util) for left, util in work]
+        return _finish(now, [*work, (job.duration_s, job.util)], self.background[key])
+
     def take(self, job: PendingJob, placement: Placement, now: float, critical: bool = False) -> None:
         self.slots[placement.node] -= 1
         for index in placement.gpu_indices:
@@ -207,12 +225,28 @@ class _Cluster:
         self.ranked[placement.node] = self._ranked(placement.node)
         self.most_free = max(self.free.values(), default=0)
         self.version += 1
-        end = now + job.duration_s if job.duration_s is not None else None
+        duration = job.duration_s
+        end = now + duration if duration is not None else None
         self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
-        if end is not None:
-            for index in placement.gpu_indices:
-                key = (placement.node, index)
+        for index in placement.gpu_indices:
+            key = (placement.node, index)
+            if end is not None and duration is not None:
                 self.drain[key] = max(self.drain.get(key, 0.0), end)
+                self.work[key].append((duration, job.util))
+            else:
+                self.background[key] += job.util
+            self.finish[key] = _finish(now, self.work[key], self.background[key])
+            self.horizon = max(self.horizon, self.finish[key])
+
+
+def _finish(now: float, work: list[tuple[float, float]], background: float) -> float:
+    """When a GPU's known work ends under processor sharing: its jobs (solo seconds left, utilisation)
+    all progress at one rate, 1/max(1, load), so they end in order of work left."""
+    end, done, load = now, 0.0, background + sum(util for _, util in work)
+    for left, util in sorted(work):
+        end += (left - done) * max(1.0, load)
+        done, load = left, load - util
+    return end
 
 
 def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_share: bool) -> list[list[PendingJob]]:
@@ -254,7 +288,7 @@ def schedule(
     config: PolicyConfig = PolicyConfig(),
 ) -> Decision:
     users = users or {}
-    cluster = _Cluster(nodes, running)
+    cluster = _Cluster(nodes, running, now)
     decision = Decision()
     counts = {name: [state.running, state.reserved_mb] for name, state in users.items()}
     reservation: _Reservation | None = None
@@ -278,6 +312,11 @@ def schedule(
         urgent = job.id in critical
         placement = cluster.best_fit(job, config.compute_cap, now, urgent)
         blocked = cluster.blocked
+        later = None
+        if urgent and placement is not None and job.duration_s is not None:
+            later = _sooner_later(cluster, job, placement, now)
+            if later is not None:
+                placement, blocked = None, "critical"
         if placement is not None and reservation is not None:
             placement = _respecting(cluster, job, placement, reservation, now, config.compute_cap)
             if placement is None:  # not there: anywhere but the held GPUs
@@ -295,7 +334,7 @@ def schedule(
         if blocked_by is None:
             blocked_by = job
             if config.backfill:
-                reservation = _reserve(cluster, job, now, config.compute_cap)
+                reservation = later or _reserve(cluster, job, now, config.compute_cap)
         start = reservation.start if reservation is not None and reservation.job is job else None
         decision.waiting[job.id] = Wait(_why(cluster, job, blocked, reservation, config.compute_cap), start)
         return False
@@ -364,6 +403,34 @@ def _reserve(cluster: _Cluster, job: PendingJob, now: float, cap: float | None) 
     return _Reservation(job, name, chosen, None, free, util)
 
 
+def _sooner_later(cluster: _Cluster, job: PendingJob, placement: Placement, now: float) -> _Reservation | None:
+    """A reservation where the critical `job` ends sooner than on `placement` now, by waiting for running
+    jobs to end instead of sharing compute with a long one; None: starting now is best."""
+    assert job.duration_s is not None
+    end_now = max(cluster.projected(job, (placement.node, i), now) for i in placement.gpu_indices)
+    if end_now <= max(cluster.horizon, now + job.duration_s) * (1 + 1e-9):
+        return None  # starting now sets no new end
+    best: tuple[float, _Reservation] | None = None
+    for name, node in cluster.nodes.items():
+        if len(node.gpus) < job.gpus:
+            continue
+        ends = {r.expected_end for r in cluster.running if r.node == name and r.expected_end is not None}
+        for moment in sorted(end for end in ends if end > now):
+            if moment + job.duration_s >= end_now:
+                break
+            free, util = _at(cluster, name, moment)
+            ready = sorted((util[i], i) for i in free if free[i] >= job.vram_mb)[: job.gpus]
+            if len(ready) < job.gpus:
+                continue  # the first moment it fits on this node, if any, is the one to judge
+            end = max(
+                max(moment + job.duration_s * max(1.0, load + job.util), cluster.finish[name, i]) for load, i in ready
+            )
+            if end < end_now and (best is None or end < best[0]):
+                best = (end, _Reservation(job, name, tuple(sorted(i for _, i in ready)), moment, free, util))
+            break
+    return best[1] if best else None
+
+
 def _potential(cluster: _Cluster, node: str) -> dict[int, int]:
     """Free memory of a node's GPUs if every running job there ended."""
     free = {g.index: cluster.free[node, g.index] for g in cluster.nodes[node].gpus}
@@ -424,6 +491,8 @@ def _why(cluster: _Cluster, job: PendingJob, blocked: str, reservation: _Reserva
         return f"{need}; {cluster.reasons[key]}"
     if blocked == "slots":
         return f"{need}; the nodes where it fits have no free worker slot"
+    if blocked == "critical":
+        return f"{need}; starting after running jobs end lets it finish sooner than sharing a GPU now"
     if blocked == "held" and reservation is not None:
         return f"{need}; the GPUs where it fits are held for job {reservation.job.id}, which waits longer"
     return f"{need}; the GPUs with that much free are compute-saturated (it would take them past {cap:g})"
