@@ -67,7 +67,7 @@ def test_random_placements_never_over_commit() -> None:
 # --- fair share, quotas, backfill, reasons -------------------------------------------------------
 
 from app.scheduler.fairshare import DecayedUsage, decayed_gb_hours  # noqa: E402
-from app.scheduler.policy import PolicyConfig, Quotas, RunningJob, UserState, schedule  # noqa: E402
+from app.scheduler.policy import PolicyConfig, Quotas, RunningJob, UserState, critical_path, schedule  # noqa: E402
 
 
 def test_decayed_usage_halves_each_half_life() -> None:
@@ -209,3 +209,18 @@ def test_a_saturated_gpu_takes_no_more_work() -> None:
 
     assert decision.placements == []
     assert "compute-saturated" in decision.waiting[1].reason
+
+
+def test_busy_gpus_make_a_long_job_critical_sooner() -> None:
+    """Known work: 800 GPU-seconds on 2 GPUs, 400 s packed. A 300 s job is under 0.9 of that on idle GPUs,
+    but at a mean load of 1.5 it would take about 450 s: it now sets the end, so it goes first."""
+    pending = [PendingJob(1, 1000, util=1.0, duration_s=300), PendingJob(2, 1000, util=1.0, duration_s=50)]
+    idle = [RunningJob("a", (0,), 1000, util=0.1, expected_end=4500.0)]  # 450 GPU-seconds left
+    busy = [
+        RunningJob("a", (0,), 1000, util=1.0, expected_end=150.0),
+        RunningJob("a", (1,), 1000, util=1.0, expected_end=150.0),
+        RunningJob("a", (1,), 1000, util=1.0, expected_end=150.0),
+    ]
+
+    assert critical_path(pending, idle, gpu_count=2, now=0, share=0.9)[0] == set()
+    assert critical_path(pending, busy, gpu_count=2, now=0, share=0.9)[0] == {1}

@@ -269,11 +269,14 @@ def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_
 def critical_path(
     pending: Sequence[PendingJob], running: Sequence[RunningJob], gpu_count: int, now: float, share: float
 ) -> tuple[set[int], list[RunningJob]]:
-    """Jobs long enough to set the makespan: those whose own run time is at least `share` of the time the
-    known work needs on all GPUs perfectly packed. They start first, on GPUs that do not slow them."""
+    """Jobs long enough to set the makespan: those whose own run time, stretched by the GPUs' mean load
+    (a job started now on busy GPUs runs at about 1/load of its solo speed), is at least `share` of the
+    time the known work needs on all GPUs perfectly packed. They start first, on GPUs that do not slow
+    them; running jobs that long are protected from being slowed."""
     work = sum(max(0.0, r.expected_end - now) * r.util * len(r.gpu_indices) for r in running if r.expected_end)
     work += sum(p.duration_s * p.util * p.gpus for p in pending if p.duration_s is not None)
-    horizon = share * work / max(1, gpu_count)
+    load = sum(r.util * len(r.gpu_indices) for r in running) / max(1, gpu_count)
+    horizon = share * work / max(1, gpu_count) / max(1.0, load)
     jobs = {p.id for p in pending if p.duration_s is not None and p.duration_s >= horizon}
     return jobs, [r for r in running if r.expected_end is not None and r.expected_end - now >= horizon]
 
