@@ -4,7 +4,8 @@ beside a plain RQ baseline measured in the same run on the same Redis.
     .venv/bin/python bench/control_plane.py [--jobs 500] [--clients 8] [--latency-jobs 20]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-Uses Redis database 14 at 127.0.0.1:6379 (flushed) and a throwaway VRAMQ_HOME.
+Uses Redis database 14 at 127.0.0.1:6379 (flushed) and a throwaway VRAMQ_HOME. Each side first submits
+WARM_UP jobs that are not measured.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import create_engine, text
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
+WARM_UP = 50  # submissions on each side before measuring
 
 
 def free_port() -> int:
@@ -171,6 +173,8 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        rq_enqueue_rate(redis, WARM_UP, args.clients)  # connections, caches and lazy imports, both sides
+        rest_submit_rate(api, token, WARM_UP, args.clients)
         rq_rate = rq_enqueue_rate(redis, args.jobs, args.clients)
         rest_rate = rest_submit_rate(api, token, args.jobs, args.clients)
         print(f"submission, {args.jobs} jobs from {args.clients} clients ({database_url.split(':')[0]}):")
