@@ -424,13 +424,12 @@ def _sooner_later(cluster: _Cluster, job: PendingJob, placement: Placement, now:
             free, util = _at(cluster, name, moment)
             ready = sorted((util[i], i) for i in free if free[i] >= job.vram_mb)[: job.gpus]
             if len(ready) < job.gpus:
-                continue  # the first moment it fits on this node, if any, is the one to judge
+                continue
             end = max(
                 max(moment + job.duration_s * max(1.0, load + job.util), cluster.finish[name, i]) for load, i in ready
             )
             if end < end_now and (best is None or end < best[0]):
                 best = (end, _Reservation(job, name, tuple(sorted(i for _, i in ready)), moment, free, util))
-            break
     return best[1] if best else None
 
 
