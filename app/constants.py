@@ -16,6 +16,12 @@ NODE_PGIDS_KEY = PREFIX + ":node:{node}:pgids"
 RUN_HEARTBEAT_KEY = PREFIX + ":run:{job_id}:{attempt}"
 RUN_HEARTBEAT_TTL_S = 10.0
 
+# A copy of each attempt's log, appended by its worker as the file grows, so that the API serves logs of
+# jobs that ran on another machine. Capped (the whole log stays in the node's VRAMQ_HOME); kept a week.
+RUN_LOG_KEY = PREFIX + ":log:{job_id}:{attempt}"
+RUN_LOG_MAX_BYTES = 16 * 1024 * 1024
+RUN_LOG_TTL_S = 7 * 24 * 3600
+
 # One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.
 LEADER_KEY = f"{PREFIX}:scheduler:leader"
 LEADER_TTL_S = 5.0

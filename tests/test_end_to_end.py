@@ -8,12 +8,15 @@ import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from redis import Redis
 from sqlalchemy import select
 
+from app.constants import RUN_LOG_TTL_S
 from app.db.models import Run
 from app.enums import FailureReason, JobStatus
 from app.services.models import file_sha256
 from tests.conftest import Cluster
+from worker.task import LogMirror
 
 
 def submit(client: TestClient, auth: dict[str, str], **body: object) -> dict:
@@ -281,3 +284,41 @@ def test_a_dead_worker_leaves_no_orphan_holding_the_gpu(
     else:
         raise AssertionError("the orphaned job kept running after its worker died")
     assert (done.status, done.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)
+
+
+def test_logs_of_a_job_on_another_machine_come_from_the_workers_copy(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    code = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.3)\n"
+    job = submit(client, auth, command=py(code))
+    assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+    with cluster.sessions() as session:
+        log_path = Path(session.scalars(select(Run.log_path).where(Run.job_id == job["id"])).one())
+    whole = log_path.read_bytes()
+    log_path.unlink()  # what an API on another machine sees: no such file
+
+    copied = client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/logs?follow=true", headers=auth) as response:
+        followed = "".join(response.iter_text())
+
+    assert copied == followed == whole.decode()
+    assert [line for line in copied.splitlines() if line.startswith("line")] == ["line 0", "line 1", "line 2"]
+
+
+def test_the_log_copy_follows_the_file_and_stops_at_its_limit(tmp_path: Path, redis: Redis) -> None:
+    path = tmp_path / "log.txt"
+    mirror = LogMirror(redis, "vramq:log:1:1", path, "node-a", limit=20)
+    mirror.sync()  # no file yet: nothing to copy
+    path.write_bytes(b"0123456789\n")
+    mirror.sync()
+    assert redis.get("vramq:log:1:1") == b"0123456789\n"
+    assert 0 < redis.ttl("vramq:log:1:1") <= RUN_LOG_TTL_S
+
+    with path.open("ab") as handle:
+        handle.write(b"abcdefghijklmnop\n")
+    mirror.sync()
+    mirror.sync()  # full: no second note
+
+    copy = redis.get("vramq:log:1:1")
+    assert copy.startswith(b"0123456789\nabcdefghi\n[vramq] this copy of the log stops at")
+    assert copy.count(b"[vramq]") == 1 and str(path).encode() in copy and b"node-a" in copy

@@ -8,11 +8,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis import Redis
 from sqlalchemy import Update, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.constants import NODE_PGIDS_KEY, RUN_HEARTBEAT_KEY, RUN_HEARTBEAT_TTL_S
+from app.constants import (
+    NODE_PGIDS_KEY,
+    RUN_HEARTBEAT_KEY,
+    RUN_HEARTBEAT_TTL_S,
+    RUN_LOG_KEY,
+    RUN_LOG_MAX_BYTES,
+    RUN_LOG_TTL_S,
+)
 from app.db.models import Job, Run, utcnow
 from app.db.session import transaction
 from app.enums import FailureReason, JobStatus
@@ -36,12 +44,49 @@ def run_job(job_id: int, attempt: int) -> str:
 
 
 @dataclass
+class LogMirror:
+    """Appends what the attempt's log file gained since the last call to its copy in Redis (RUN_LOG_KEY),
+    up to RUN_LOG_MAX_BYTES, so that the API can serve the log from any machine."""
+
+    redis: Redis
+    key: str
+    path: Path
+    node: str
+    limit: int = RUN_LOG_MAX_BYTES
+    copied: int = 0  # bytes of the file already copied
+
+    def sync(self) -> None:
+        if self.copied >= self.limit or not self.path.exists():
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self.copied)
+            chunk = handle.read(self.limit - self.copied + 1)
+        if not chunk:
+            return
+        self.copied += len(chunk)
+        if self.copied > self.limit:
+            self.copied = self.limit
+            chunk = (
+                chunk[:-1]
+                + (
+                    f"\n[vramq] this copy of the log stops at {self.limit // 2**20} MiB; "
+                    f"the whole log is {self.path} on node {self.node}\n"
+                ).encode()
+            )
+        with self.redis.pipeline() as pipe:
+            pipe.append(self.key, chunk)
+            pipe.expire(self.key, RUN_LOG_TTL_S)
+            pipe.execute()
+
+
+@dataclass
 class Attempt:
     job_id: int
     attempt: int
     vram_mb: int
     time_limit_s: int | None
     dir: Path
+    mirror: LogMirror
     peak_mb: int = 0
     utils: list[float] = field(default_factory=list)  # compute utilisation samples, where the GPU tells
     stopped: Stopped | None = None
@@ -65,12 +110,16 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
         if job is None or job.status is not JobStatus.DISPATCHED or job.attempt != attempt_no:
             return "skipped: no longer dispatched"
         spec = _launch_spec(ctx, job)
-    attempt = Attempt(job_id, attempt_no, job.vram_mb, job.time_limit_s, spec.output_dir.parent)
+    mirror = LogMirror(
+        ctx.redis, RUN_LOG_KEY.format(job_id=job_id, attempt=attempt_no), spec.log_path, ctx.settings.node
+    )
+    attempt = Attempt(job_id, attempt_no, job.vram_mb, job.time_limit_s, spec.output_dir.parent, mirror)
     try:
         process = launch(spec, dict(os.environ))
     except LaunchError as exc:
         with spec.log_path.open("a") as handle:
             handle.write(f"[vramq] launch error: {exc}\n")
+        attempt.mirror.sync()
         with transaction(ctx.sessions) as session:
             session.execute(_run_paths(job_id, attempt_no, spec.log_path, spec.output_dir))
             transitions.finish(
@@ -104,6 +153,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
         signal_group(pgid, signal.SIGKILL)  # children the job left behind
         return _record_end(ctx, job, attempt, process.returncode)
     finally:
+        attempt.mirror.sync()  # what the worker itself wrote at the end
         ctx.redis.hdel(pgids_key, str(pgid))
         ctx.redis.delete(RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no))
 
@@ -188,6 +238,7 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
             pass
         _heartbeat(ctx, attempt)
         _ingest_metrics(ctx, attempt)
+        attempt.mirror.sync()
         used_mb, util = _group_usage(ctx, process.pid)
         attempt.peak_mb = max(attempt.peak_mb, used_mb)
         if util is not None:
@@ -214,6 +265,7 @@ def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:
 
 def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) -> str:
     _ingest_metrics(ctx, attempt)
+    attempt.mirror.sync()  # whole before the end is recorded, for a follower that stops at the end
     status, reason = classify(exit_code, read_tail(attempt.log_path), attempt.stopped)
     next_vram_mb = None
     if reason is FailureReason.OOM:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.config import Settings
+from app.constants import RUN_LOG_KEY
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
 from app.errors import (
@@ -285,7 +286,7 @@ def _run(session: Session, job_id: int, attempt: int | None) -> Run | None:
     return session.scalars(query.order_by(Run.attempt.desc()).limit(1)).first()
 
 
-def log_text(session: Session, job_id: int, attempt: int | None = None) -> str:
+def log_text(session: Session, redis: Redis, job_id: int, attempt: int | None = None) -> str:
     """The stdout and stderr of an attempt (default the latest that started); empty before any."""
     job = get(session, job_id)
     run = _run(session, job_id, attempt)
@@ -293,13 +294,22 @@ def log_text(session: Session, job_id: int, attempt: int | None = None) -> str:
         if attempt is not None:
             raise RunNotFound(f"job {job_id} has no attempt {attempt} (it is at attempt {job.attempt})")
         return ""
-    if not run.log_path or not Path(run.log_path).exists():
-        return ""
-    return Path(run.log_path).read_text(errors="replace")
+    return _read_log(redis, run, 0).decode(errors="replace")
+
+
+def _read_log(redis: Redis, run: Run, offset: int) -> bytes:
+    """An attempt's output from `offset` on: from its file when this machine has it, else from the copy its
+    worker keeps in Redis (the job ran on another node)."""
+    if run.log_path and Path(run.log_path).exists():
+        with Path(run.log_path).open("rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    copy = redis.getrange(RUN_LOG_KEY.format(job_id=run.job_id, attempt=run.attempt), offset, -1)
+    return copy.encode() if isinstance(copy, str) else copy
 
 
 def follow_log(
-    sessions: sessionmaker[Session], job_id: int, attempt: int | None = None, poll_s: float = 0.5
+    sessions: sessionmaker[Session], redis: Redis, job_id: int, attempt: int | None = None, poll_s: float = 0.5
 ) -> Iterator[bytes]:
     """The output of an attempt as it is written, until the attempt ends and all of it was sent. Without
     an attempt, follows the job through its retries until it reaches a terminal status."""
@@ -314,10 +324,8 @@ def follow_log(
             if shown is not None:
                 yield f"[vramq] --- attempt {run.attempt} ---\n".encode()
             shown, offset = run.attempt, 0
-        if run is not None and run.log_path and Path(run.log_path).exists():
-            with Path(run.log_path).open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
+        if run is not None:
+            chunk = _read_log(redis, run, offset)
             offset += len(chunk)
             if chunk:
                 yield chunk

@@ -54,15 +54,16 @@ def logs(
     job_id: int,
     _: CurrentUser,
     session: SessionDep,
+    redis: RedisDep,
     attempt: Annotated[int | None, Query(ge=1)] = None,
     follow: bool = False,
 ) -> Response:
     """stdout and stderr of an attempt; with follow=true, streamed until the attempt (or the job) ends."""
-    text = jobs.log_text(session, job_id, attempt)  # also refuses an unknown job or attempt
+    text = jobs.log_text(session, redis, job_id, attempt)  # also refuses an unknown job or attempt
     if not follow:
         return PlainTextResponse(text)
     return StreamingResponse(
-        jobs.follow_log(request.app.state.reads, job_id, attempt), media_type="text/plain; charset=utf-8"
+        jobs.follow_log(request.app.state.reads, redis, job_id, attempt), media_type="text/plain; charset=utf-8"
     )
 
 
