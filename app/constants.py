@@ -17,8 +17,10 @@ RUN_HEARTBEAT_KEY = PREFIX + ":run:{job_id}:{attempt}"
 RUN_HEARTBEAT_TTL_S = 10.0
 
 # A copy of each attempt's log, appended by its worker as the file grows, so that the API serves logs of
-# jobs that ran on another machine. Capped (the whole log stays in the node's VRAMQ_HOME); kept a week.
+# jobs that ran on another machine. Past RUN_LOG_MAX_BYTES the copy keeps the newest half (the end of a log
+# says why a job failed); RUN_LOG_FROM_KEY holds the file offset the copy starts at. Kept a week.
 RUN_LOG_KEY = PREFIX + ":log:{job_id}:{attempt}"
+RUN_LOG_FROM_KEY = RUN_LOG_KEY + ":from"
 RUN_LOG_MAX_BYTES = 16 * 1024 * 1024
 RUN_LOG_TTL_S = 7 * 24 * 3600
 

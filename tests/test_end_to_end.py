@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.constants import RUN_LOG_TTL_S
 from app.db.models import Run
 from app.enums import FailureReason, JobStatus
+from app.services.jobs import _read_log
 from app.services.models import file_sha256
 from tests.conftest import Cluster
 from worker.task import LogMirror
@@ -305,9 +306,9 @@ def test_logs_of_a_job_on_another_machine_come_from_the_workers_copy(
     assert [line for line in copied.splitlines() if line.startswith("line")] == ["line 0", "line 1", "line 2"]
 
 
-def test_the_log_copy_follows_the_file_and_stops_at_its_limit(tmp_path: Path, redis: Redis) -> None:
+def test_the_log_copy_follows_the_file_and_keeps_the_end_of_a_long_one(tmp_path: Path, redis: Redis) -> None:
     path = tmp_path / "log.txt"
-    mirror = LogMirror(redis, "vramq:log:1:1", path, "node-a", limit=20)
+    mirror = LogMirror(redis, 1, 1, path, limit=20)
     mirror.sync()  # no file yet: nothing to copy
     path.write_bytes(b"0123456789\n")
     mirror.sync()
@@ -315,10 +316,12 @@ def test_the_log_copy_follows_the_file_and_stops_at_its_limit(tmp_path: Path, re
     assert 0 < redis.ttl("vramq:log:1:1") <= RUN_LOG_TTL_S
 
     with path.open("ab") as handle:
-        handle.write(b"abcdefghijklmnop\n")
+        handle.write(b"Traceback: the end\n")  # 30 bytes in all, over the limit: the newest 10 stay
     mirror.sync()
-    mirror.sync()  # full: no second note
+    run = Run(job_id=1, attempt=1, log_path=str(tmp_path / "elsewhere.txt"))
 
-    copy = redis.get("vramq:log:1:1")
-    assert copy.startswith(b"0123456789\nabcdefghi\n[vramq] this copy of the log stops at")
-    assert copy.count(b"[vramq]") == 1 and str(path).encode() in copy and b"node-a" in copy
+    assert redis.get("vramq:log:1:1") == b": the end\n"
+    note = b"[vramq] 20 bytes of this log are kept only on the node that ran it\n"
+    assert _read_log(redis, run, 0) == (note + b": the end\n", 30)  # file offsets: a follower goes on at 30
+    assert _read_log(redis, run, 25) == (b" end\n", 30)
+    assert _read_log(redis, run, 30) == (b"", 30)

@@ -17,6 +17,7 @@ from app.constants import (
     NODE_PGIDS_KEY,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
+    RUN_LOG_FROM_KEY,
     RUN_LOG_KEY,
     RUN_LOG_MAX_BYTES,
     RUN_LOG_TTL_S,
@@ -45,38 +46,40 @@ def run_job(job_id: int, attempt: int) -> str:
 
 @dataclass
 class LogMirror:
-    """Appends what the attempt's log file gained since the last call to its copy in Redis (RUN_LOG_KEY),
-    up to RUN_LOG_MAX_BYTES, so that the API can serve the log from any machine."""
+    """Copies what the attempt's log file gained since the last call into Redis (RUN_LOG_KEY), so that the
+    API can serve the log from any machine. Past `limit` bytes the copy restarts with the newest half."""
 
     redis: Redis
-    key: str
+    job_id: int
+    attempt: int
     path: Path
-    node: str
     limit: int = RUN_LOG_MAX_BYTES
-    copied: int = 0  # bytes of the file already copied
+    copied: int = 0  # the file offset copied up to
+    held: int = 0  # bytes in the copy
 
     def sync(self) -> None:
-        if self.copied >= self.limit or not self.path.exists():
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size <= self.copied:
             return
+        key = RUN_LOG_KEY.format(job_id=self.job_id, attempt=self.attempt)
+        start_key = RUN_LOG_FROM_KEY.format(job_id=self.job_id, attempt=self.attempt)
+        grow = self.held + size - self.copied <= self.limit
+        start = self.copied if grow else size - self.limit // 2
         with self.path.open("rb") as handle:
-            handle.seek(self.copied)
-            chunk = handle.read(self.limit - self.copied + 1)
-        if not chunk:
-            return
-        self.copied += len(chunk)
-        if self.copied > self.limit:
-            self.copied = self.limit
-            chunk = (
-                chunk[:-1]
-                + (
-                    f"\n[vramq] this copy of the log stops at {self.limit // 2**20} MiB; "
-                    f"the whole log is {self.path} on node {self.node}\n"
-                ).encode()
-            )
-        with self.redis.pipeline() as pipe:
-            pipe.append(self.key, chunk)
-            pipe.expire(self.key, RUN_LOG_TTL_S)
+            handle.seek(start)
+            chunk = handle.read(size - start)
+        with self.redis.pipeline() as pipe:  # MULTI: a reader never sees the new text with the old start
+            if grow:
+                pipe.append(key, chunk)
+                pipe.setnx(start_key, 0)
+            else:
+                pipe.set(key, chunk)
+                pipe.set(start_key, start)
+            pipe.expire(key, RUN_LOG_TTL_S)
+            pipe.expire(start_key, RUN_LOG_TTL_S)
             pipe.execute()
+        self.copied = start + len(chunk)
+        self.held = self.held + len(chunk) if grow else len(chunk)
 
 
 @dataclass
@@ -110,9 +113,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
         if job is None or job.status is not JobStatus.DISPATCHED or job.attempt != attempt_no:
             return "skipped: no longer dispatched"
         spec = _launch_spec(ctx, job)
-    mirror = LogMirror(
-        ctx.redis, RUN_LOG_KEY.format(job_id=job_id, attempt=attempt_no), spec.log_path, ctx.settings.node
-    )
+    mirror = LogMirror(ctx.redis, job_id, attempt_no, spec.log_path)
     attempt = Attempt(job_id, attempt_no, job.vram_mb, job.time_limit_s, spec.output_dir.parent, mirror)
     try:
         process = launch(spec, dict(os.environ))

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.config import Settings
-from app.constants import RUN_LOG_KEY
+from app.constants import RUN_LOG_FROM_KEY, RUN_LOG_KEY
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
 from app.errors import (
@@ -294,18 +294,29 @@ def log_text(session: Session, redis: Redis, job_id: int, attempt: int | None = 
         if attempt is not None:
             raise RunNotFound(f"job {job_id} has no attempt {attempt} (it is at attempt {job.attempt})")
         return ""
-    return _read_log(redis, run, 0).decode(errors="replace")
+    return _read_log(redis, run, 0)[0].decode(errors="replace")
 
 
-def _read_log(redis: Redis, run: Run, offset: int) -> bytes:
-    """An attempt's output from `offset` on: from its file when this machine has it, else from the copy its
-    worker keeps in Redis (the job ran on another node)."""
+def _read_log(redis: Redis, run: Run, offset: int) -> tuple[bytes, int]:
+    """An attempt's output from file offset `offset` on, and the offset after it: from its file when this
+    machine has it, else from the copy its worker keeps in Redis (the job ran on another node)."""
     if run.log_path and Path(run.log_path).exists():
         with Path(run.log_path).open("rb") as handle:
             handle.seek(offset)
-            return handle.read()
-    copy = redis.getrange(RUN_LOG_KEY.format(job_id=run.job_id, attempt=run.attempt), offset, -1)
-    return copy.encode() if isinstance(copy, str) else copy
+            chunk = handle.read()
+        return chunk, offset + len(chunk)
+    key = RUN_LOG_KEY.format(job_id=run.job_id, attempt=run.attempt)
+    start_key = RUN_LOG_FROM_KEY.format(job_id=run.job_id, attempt=run.attempt)
+    while True:  # the worker may restart the copy (a long log) between the two reads: read again
+        start = int(redis.get(start_key) or 0)
+        copy = redis.getrange(key, max(0, offset - start), -1)
+        if int(redis.get(start_key) or 0) == start:
+            break
+    chunk = copy.encode() if isinstance(copy, str) else copy
+    if offset < start:
+        note = f"[vramq] {start - offset} bytes of this log are kept only on the node that ran it\n"
+        return note.encode() + chunk, start + len(chunk)
+    return chunk, offset + len(chunk)
 
 
 def follow_log(
@@ -325,8 +336,7 @@ def follow_log(
                 yield f"[vramq] --- attempt {run.attempt} ---\n".encode()
             shown, offset = run.attempt, 0
         if run is not None:
-            chunk = _read_log(redis, run, offset)
-            offset += len(chunk)
+            chunk, offset = _read_log(redis, run, offset)
             if chunk:
                 yield chunk
         if ended:
