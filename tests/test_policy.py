@@ -190,16 +190,18 @@ def test_a_long_job_waits_rather_than_share_compute_with_another_long_one() -> N
     assert "finish sooner" in decision.waiting[1].reason
 
 
-def test_a_long_job_goes_where_it_ends_soonest() -> None:
-    """GPU 0 is nearly idle but busy until t=5000; GPU 1 is busier but frees at t=10. A 1000 s job of
-    util 0.6 ends at 1200 on GPU 0 (load 1.2) and at 1005 on GPU 1."""
+def test_a_long_job_goes_where_it_delays_the_known_work_least() -> None:
+    """GPU 0 is the least loaded, but its job runs until t=10000: a critical 3000 s job of util 0.9 there
+    would push that end to 10300. On GPU 1 it shares 20 s with a job ending at t=20 and ends at 3008."""
     running = [
-        RunningJob("a", (0,), 1000, util=0.6, expected_end=5000.0),
-        RunningJob("a", (1,), 1000, util=0.9, expected_end=10.0),
+        RunningJob("a", (0,), 1000, util=0.2, expected_end=10000.0),
+        RunningJob("a", (1,), 1000, util=0.5, expected_end=20.0),
     ]
-    nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.6), GpuState(1, 20000, util=0.9)))]
+    nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.2), GpuState(1, 20000, util=0.5)))]
+    long = PendingJob(1, 2000, util=0.9, duration_s=3000)
 
-    decision = schedule([PendingJob(1, 2000, util=0.6, duration_s=1000)], nodes, now=0, running=running)
+    assert critical_path([long], running, gpu_count=2, now=0, share=0.9)[0] == {1}
+    decision = schedule([long], nodes, now=0, running=running)
 
     assert [p.gpu_indices for p in decision.placements] == [(1,)]
 

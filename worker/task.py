@@ -55,7 +55,7 @@ class LogMirror:
     path: Path
     limit: int = RUN_LOG_MAX_BYTES
     copied: int = 0  # the file offset copied up to
-    held: int = 0  # bytes in the copy
+    first: int = 0  # the file offset the copy starts at (RUN_LOG_FROM_KEY; 0 while absent)
 
     def sync(self) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
@@ -63,7 +63,7 @@ class LogMirror:
             return
         key = RUN_LOG_KEY.format(job_id=self.job_id, attempt=self.attempt)
         start_key = RUN_LOG_FROM_KEY.format(job_id=self.job_id, attempt=self.attempt)
-        grow = self.held + size - self.copied <= self.limit
+        grow = size - self.first <= self.limit
         start = self.copied if grow else size - self.limit // 2
         with self.path.open("rb") as handle:
             handle.seek(start)
@@ -71,15 +71,14 @@ class LogMirror:
         with self.redis.pipeline() as pipe:  # MULTI: a reader never sees the new text with the old start
             if grow:
                 pipe.append(key, chunk)
-                pipe.setnx(start_key, 0)
             else:
                 pipe.set(key, chunk)
                 pipe.set(start_key, start)
+                self.first = start
             pipe.expire(key, RUN_LOG_TTL_S)
             pipe.expire(start_key, RUN_LOG_TTL_S)
             pipe.execute()
         self.copied = start + len(chunk)
-        self.held = self.held + len(chunk) if grow else len(chunk)
 
 
 @dataclass

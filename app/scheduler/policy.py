@@ -120,7 +120,7 @@ class _Reservation:
 class _Cluster:
     """Mutable working copy of the state, charged as placements are made."""
 
-    def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob], now: float = 0.0) -> None:
+    def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob], now: float) -> None:
         self.nodes = {node.name: node for node in nodes}
         self.free = {(n.name, g.index): g.available_mb for n in nodes for g in n.gpus}
         self.util = {(n.name, g.index): g.util for n in nodes for g in n.gpus}
@@ -225,14 +225,13 @@ class _Cluster:
         self.ranked[placement.node] = self._ranked(placement.node)
         self.most_free = max(self.free.values(), default=0)
         self.version += 1
-        duration = job.duration_s
-        end = now + duration if duration is not None else None
+        end = now + job.duration_s if job.duration_s is not None else None
         self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
         for index in placement.gpu_indices:
             key = (placement.node, index)
-            if end is not None and duration is not None:
-                self.drain[key] = max(self.drain.get(key, 0.0), end)
-                self.work[key].append((duration, job.util))
+            if job.duration_s is not None:
+                self.drain[key] = max(self.drain.get(key, 0.0), now + job.duration_s)
+                self.work[key].append((job.duration_s, job.util))
             else:
                 self.background[key] += job.util
             self.finish[key] = _finish(now, self.work[key], self.background[key])
