@@ -84,10 +84,10 @@ def api() -> None:
             workers=settings.api_workers,
             host=settings.host,
             port=settings.port,
-            log_level="warning",
+            access_log=settings.access_log,
         )
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=settings.access_log)
 
 
 @app.command()

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_workers: int = Field(default=1, ge=1, description="API processes")
+    access_log: bool = Field(default=False, description="log every HTTP request (uvicorn's access log)")
     gpus: str | None = None
     node: str = Field(default_factory=socket.gethostname)
     api_url: str = "http://127.0.0.1:8000"
