@@ -182,7 +182,7 @@ def main() -> None:
             rq_rate = rq_enqueue_rate(redis, args.jobs, args.clients)
             rest_rate = rest_submit_rate(api, token, args.jobs, args.clients)
             ratios.append(rest_rate / rq_rate)
-            print(f"  raw RQ enqueue {rq_rate:6.0f} jobs/s   vramq REST {rest_rate:6.0f} jobs/s   ratio {ratios[-1]:.2f}")
+            print(f"  raw RQ enqueue {rq_rate:6.0f} jobs/s  vramq REST {rest_rate:6.0f} jobs/s  ratio {ratios[-1]:.2f}")
         print(f"  median ratio {statistics.median(ratios):.2f}")
         with create_engine(database_url).begin() as conn:  # clear the backlog before measuring latency
             conn.execute(text("UPDATE jobs SET status = 'cancelled'"))
