@@ -297,6 +297,12 @@ def log_text(session: Session, redis: Redis, job_id: int, attempt: int | None = 
     return _read_log(redis, run, 0)[0].decode(errors="replace")
 
 
+_READ_LOG_COPY = """
+local start = tonumber(redis.call('get', KEYS[2]) or '0')
+return {start, redis.call('getrange', KEYS[1], math.max(0, tonumber(ARGV[1]) - start), -1)}
+"""
+
+
 def _read_log(redis: Redis, run: Run, offset: int) -> tuple[bytes, int]:
     """An attempt's output from file offset `offset` on, and the offset after it: from its file when this
     machine has it, else from the copy its worker keeps in Redis (the job ran on another node)."""
@@ -307,11 +313,9 @@ def _read_log(redis: Redis, run: Run, offset: int) -> tuple[bytes, int]:
         return chunk, offset + len(chunk)
     key = RUN_LOG_KEY.format(job_id=run.job_id, attempt=run.attempt)
     start_key = RUN_LOG_FROM_KEY.format(job_id=run.job_id, attempt=run.attempt)
-    while True:  # the worker may restart the copy (a long log) between the two reads: read again
-        start = int(redis.get(start_key) or 0)
-        copy = redis.getrange(key, max(0, offset - start), -1)
-        if int(redis.get(start_key) or 0) == start:
-            break
+    # One atomic round trip: the start offset and the text after `offset` always belong to the same copy.
+    start, copy = redis.eval(_READ_LOG_COPY, 2, key, start_key, offset)  # type: ignore[no-untyped-call]
+    start = int(start)
     chunk = copy.encode() if isinstance(copy, str) else copy
     if offset < start:
         note = f"[vramq] {start - offset} bytes of this log are kept only on the node that ran it\n"
