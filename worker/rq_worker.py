@@ -10,10 +10,12 @@ from rq.serializers import JSONSerializer
 import worker.task  # noqa: F401 - imported once here, every forked work horse starts with it (~0.7 s a job)
 from app.config import Settings
 from app.constants import node_queue
+from app.db.session import make_engine
 
 
 def main(node: str, slot: int) -> None:
     settings = Settings()
+    make_engine(settings).dispose()  # loads the database driver here, once (~0.15 s a job for psycopg)
     redis = Redis.from_url(settings.redis_url)
     worker = Worker(
         [node_queue(node)],
