@@ -18,10 +18,12 @@ RUN_HEARTBEAT_TTL_S = 10.0
 
 # A copy of each attempt's log, appended by its worker as the file grows, so that the API serves logs of
 # jobs that ran on another machine. Past RUN_LOG_MAX_BYTES the copy keeps the newest half (the end of a log
-# says why a job failed); RUN_LOG_FROM_KEY holds the file offset the copy starts at. Kept a week.
+# says why a job failed); RUN_LOG_FROM_KEY holds the file offset the copy starts at. Once the attempt has
+# ended only its last RUN_LOG_KEEP_BYTES stay (the whole log is on its node). Kept a week.
 RUN_LOG_KEY = PREFIX + ":log:{job_id}:{attempt}"
 RUN_LOG_FROM_KEY = RUN_LOG_KEY + ":from"
 RUN_LOG_MAX_BYTES = 16 * 1024 * 1024
+RUN_LOG_KEEP_BYTES = 1024 * 1024
 RUN_LOG_TTL_S = 7 * 24 * 3600
 
 # One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.

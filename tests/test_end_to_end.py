@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy import select
 
-from app.constants import RUN_LOG_TTL_S
+from app.constants import RUN_LOG_KEEP_BYTES, RUN_LOG_MAX_BYTES, RUN_LOG_TTL_S
 from app.db.models import Run
 from app.enums import FailureReason, JobStatus
 from app.services.jobs import _read_log
@@ -325,3 +325,15 @@ def test_the_log_copy_follows_the_file_and_keeps_the_end_of_a_long_one(tmp_path:
     assert _read_log(redis, run, 0) == (note + b": the end\n", 30)  # file offsets: a follower goes on at 30
     assert _read_log(redis, run, 25) == (b" end\n", 30)
     assert _read_log(redis, run, 30) == (b"", 30)
+
+    with path.open("ab") as handle:
+        handle.write(b"x" * (RUN_LOG_KEEP_BYTES + 5))
+    mirror.limit = RUN_LOG_MAX_BYTES
+    mirror.sync()
+    mirror.finish()  # the attempt ended: only the last RUN_LOG_KEEP_BYTES stay in Redis
+    size = 30 + RUN_LOG_KEEP_BYTES + 5
+    assert redis.strlen("vramq:log:1:1") == RUN_LOG_KEEP_BYTES
+    note = f"[vramq] {size - RUN_LOG_KEEP_BYTES} bytes of this log are kept only on the node that ran it\n"
+    assert _read_log(redis, run, 0) == (note.encode() + b"x" * RUN_LOG_KEEP_BYTES, size)
+    mirror.finish()  # nothing new: the copy stays as it is
+    assert redis.strlen("vramq:log:1:1") == RUN_LOG_KEEP_BYTES

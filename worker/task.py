@@ -18,6 +18,7 @@ from app.constants import (
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
     RUN_LOG_FROM_KEY,
+    RUN_LOG_KEEP_BYTES,
     RUN_LOG_KEY,
     RUN_LOG_MAX_BYTES,
     RUN_LOG_TTL_S,
@@ -57,14 +58,18 @@ class LogMirror:
     copied: int = 0  # the file offset copied up to
     first: int = 0  # the file offset the copy starts at (RUN_LOG_FROM_KEY; 0 while absent)
 
-    def sync(self) -> None:
+    def sync(self, limit: int | None = None, keep: int | None = None) -> None:
+        """Copy what is new; past `limit` bytes (default: the mirror's) restart the copy with the newest
+        `keep` (default: half the limit)."""
+        limit = self.limit if limit is None else limit
+        keep = limit // 2 if keep is None else keep
         size = self.path.stat().st_size if self.path.exists() else 0
-        if size <= self.copied:
+        if size <= self.copied and self.copied - self.first <= limit:
             return
         key = RUN_LOG_KEY.format(job_id=self.job_id, attempt=self.attempt)
         start_key = RUN_LOG_FROM_KEY.format(job_id=self.job_id, attempt=self.attempt)
-        grow = size - self.first <= self.limit
-        start = self.copied if grow else size - self.limit // 2
+        grow = size - self.first <= limit
+        start = self.copied if grow else size - keep
         with self.path.open("rb") as handle:
             handle.seek(start)
             chunk = handle.read(size - start)
@@ -79,6 +84,11 @@ class LogMirror:
             pipe.expire(start_key, RUN_LOG_TTL_S)
             pipe.execute()
         self.copied = start + len(chunk)
+
+    def finish(self) -> None:
+        """The last copy, once the attempt has ended: at most RUN_LOG_KEEP_BYTES stay for the week (a
+        running job's follower needs the long copy; a finished job's reader mostly the end)."""
+        self.sync(limit=RUN_LOG_KEEP_BYTES, keep=RUN_LOG_KEEP_BYTES)
 
 
 @dataclass
@@ -153,7 +163,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
         signal_group(pgid, signal.SIGKILL)  # children the job left behind
         return _record_end(ctx, job, attempt, process.returncode)
     finally:
-        attempt.mirror.sync()  # what the worker itself wrote at the end
+        attempt.mirror.finish()  # what the worker itself wrote at the end
         ctx.redis.hdel(pgids_key, str(pgid))
         ctx.redis.delete(RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no))
 
