@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from app.scheduler.forecast import forecast
 from app.scheduler.policy import GpuState, NodeState, PendingJob, place
 
 
@@ -226,3 +227,34 @@ def test_busy_gpus_make_a_long_job_critical_sooner() -> None:
 
     assert critical_path(pending, idle, gpu_count=2, now=0, share=0.9)[0] == set()
     assert critical_path(pending, busy, gpu_count=2, now=0, share=0.9)[0] == {1}
+
+
+def test_every_queued_job_whose_future_is_known_gets_an_estimated_start() -> None:
+    """One 24 GB GPU; a 20 GB job runs until t=100; four 20 GB jobs queue. The policy reserves for the
+    first only; the forecast replays it at each expected end and dates the others too, in the policy's
+    own order, until a job of unknown length leaves the rest without a date."""
+    running = [RunningJob("a", (0,), 20000, util=0.3, expected_end=100.0)]
+    nodes = [NodeState("a", 8, (GpuState(0, 4000, util=0.3),))]
+    pending = [
+        PendingJob(1, 20000, submitted=1, duration_s=50),
+        PendingJob(2, 20000, submitted=2, duration_s=30),
+        PendingJob(3, 20000, submitted=3, duration_s=None),
+        PendingJob(4, 20000, submitted=4, duration_s=None),
+    ]
+    config = PolicyConfig(critical_share=None)
+
+    decision = schedule(pending, nodes, now=0, running=running, config=config)
+    estimates = forecast(pending, nodes, 0.0, config=config, running=running)
+
+    assert [decision.waiting[i].estimated_start for i in (1, 2, 3, 4)] == [100.0, None, None, None]
+    assert estimates == {1: 100.0, 2: 150.0, 3: 180.0}  # job 3 never ends: job 4 cannot be dated
+
+
+def test_the_forecast_keeps_each_users_running_quota() -> None:
+    """Room for all three at once, but a running quota of one: the user's jobs follow each other."""
+    pending = [PendingJob(i, 1000, submitted=i, user="ann", duration_s=10) for i in (1, 2, 3)]
+    config = PolicyConfig(quotas=Quotas(running=1))
+
+    estimates = forecast(pending, [node("a", 24000)], 0.0, config=config)
+
+    assert estimates == {1: 0.0, 2: 10.0, 3: 20.0}

@@ -4,6 +4,7 @@ import getpass
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -34,18 +35,26 @@ def test_two_nodes_share_the_work_and_a_two_gpu_job_stays_on_one(
 
 
 def test_a_queued_job_says_what_it_waits_for(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
+    cluster.scheduler.forecast_every_s = 0  # every tick, not every 10 s
     blocker = submit(client, auth, command=["sleep", "30"], vram_mb=6000, time_limit_s=30)
     cluster.wait(blocker["id"], {JobStatus.RUNNING})
-    waiting = submit(client, auth, command=["true"], vram_mb=5000)
+    waiting = submit(client, auth, command=["true"], vram_mb=5000, time_limit_s=20)
+    behind = submit(client, auth, command=["true"], vram_mb=5000)
     time.sleep(0.5)
 
     job = client.get(f"/api/v1/jobs/{waiting['id']}", headers=auth).json()
+    second = client.get(f"/api/v1/jobs/{behind['id']}", headers=auth).json()
 
     assert job["status"] == "queued"
     assert job["pending_reason"].startswith("needs 5000 MB on one GPU; most available now: 2192 MB on node-a GPU 0")
-    assert job["estimated_start"] is not None  # the blocker's time limit bounds the wait
+    # The blocker's time limit dates the first; the first's dates the second (they cannot share the GPU).
+    started = datetime.fromisoformat(client.get(f"/api/v1/jobs/{blocker['id']}", headers=auth).json()["started_at"])
+    first_start = datetime.fromisoformat(job["estimated_start"])
+    assert abs((first_start - started).total_seconds() - 30) < 2
+    assert (datetime.fromisoformat(second["estimated_start"]) - first_start).total_seconds() == pytest.approx(20)
     client.post(f"/api/v1/jobs/{blocker['id']}/cancel", headers=auth)
     assert cluster.wait(waiting["id"]).status is JobStatus.SUCCEEDED
+    assert cluster.wait(behind["id"]).status is JobStatus.SUCCEEDED
 
 
 def test_foreign_processes_show_with_their_user(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:

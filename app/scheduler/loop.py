@@ -4,6 +4,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 from redis import Redis
@@ -29,8 +30,9 @@ from app.db.models import Job, utcnow
 from app.db.session import lock_ledger, transaction
 from app.enums import FailureReason, JobStatus
 from app.scheduler import inputs
+from app.scheduler.forecast import forecast
 from app.scheduler.ledger import active_jobs, node_states, reservations_of
-from app.scheduler.policy import Placement, PolicyConfig, Quotas, schedule
+from app.scheduler.policy import Placement, PolicyConfig, Quotas, Wait, schedule
 from app.services import transitions
 from app.services.nodes import NodeSnapshot, live_nodes
 from app.services.waiting import publish_waiting
@@ -38,6 +40,7 @@ from app.services.waiting import publish_waiting
 log = logging.getLogger(__name__)
 
 TASK = "worker.task.run_job"  # by name: the control plane never imports worker code
+FORECAST_EVERY_S = 10.0  # how often the estimated starts of all queued jobs are replayed (forecast.py)
 
 
 class LeaderLock:
@@ -73,6 +76,9 @@ class Scheduler:
         self.config = PolicyConfig(
             quotas=Quotas(running=settings.quota_running, reserved_mb=settings.quota_reserved_mb)
         )
+        self.estimates: dict[int, float] = {}  # the latest forecast (forecast.py): job id -> start
+        self.forecast_at = float("-inf")
+        self.forecast_every_s = FORECAST_EVERY_S
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -115,24 +121,35 @@ class Scheduler:
             active = active_jobs(session)
             utils = inputs.expected_utils(session, sorted({j.fingerprint for j in [*queued, *active] if j.fingerprint}))
             running = inputs.running_jobs(active, utils)
-            decision = schedule(
-                inputs.pending_jobs(queued, utils),
-                node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running),
-                now.timestamp(),
-                running=running,
-                users=inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600),
-                config=self.config,
-            )
+            pending = inputs.pending_jobs(queued, utils)
+            states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
+            users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
+            decision = schedule(pending, states, now.timestamp(), running=running, users=users, config=self.config)
             by_id = {job.id: job for job in queued}
             placements = [
                 p
                 for p in decision.placements
                 if transitions.dispatch(session, by_id[p.job_id], p.node, list(p.gpu_indices))
             ]
-        publish_waiting(self.redis, decision.waiting)
         for placement in placements:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
+        moment = now.timestamp()
+        if moment - self.forecast_at >= self.forecast_every_s:  # after the enqueues, outside the ledger lock
+            self.estimates = forecast(pending, states, moment, config=self.config, running=running, users=users)
+            self.forecast_at = moment
+        publish_waiting(self.redis, self._with_estimates(decision.waiting, moment))
         return placements
+
+    def _with_estimates(self, waiting: dict[int, Wait], now: float) -> dict[int, Wait]:
+        """The policy's estimate where it gives one (the reserved job), else the forecast's while it is
+        still ahead (a passed one is dropped until the next forecast)."""
+        shown = {}
+        for job_id, wait in waiting.items():
+            estimate = self.estimates.get(job_id)
+            if wait.estimated_start is None and estimate is not None and estimate > now:
+                wait = replace(wait, estimated_start=estimate)
+            shown[job_id] = wait
+        return shown
 
     def _enqueue(self, node: str, job_id: int, attempt: int) -> None:
         queue = Queue(node_queue(node), connection=self.redis, serializer=JSONSerializer)
