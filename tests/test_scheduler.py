@@ -17,6 +17,7 @@ from app.enums import FailureReason, JobStatus
 from app.errors import IllegalTransition
 from app.scheduler.loop import LeaderLock, Scheduler
 from app.services import transitions
+from app.services.waiting import waiting_of
 from tests.factories import make_job
 from tests.test_api import publish_node
 
@@ -97,6 +98,21 @@ def test_dispatch_reserves_in_sql_and_enqueues_the_id(
     [message] = Queue(node_queue("node-a"), connection=redis, serializer=JSONSerializer).get_jobs()
     assert message.func_name == "worker.task.run_job" and message.args == [jobs[0].id, 1]
     assert scheduler.tick() == []  # nothing more fits until the first is released
+
+
+def test_a_failing_forecast_still_leaves_every_reason_published(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> dict[int, float]:
+        raise RuntimeError("a bug in the forecast")
+
+    monkeypatch.setattr("app.scheduler.loop.forecast", broken)
+    publish_node(redis, sizes=(8192,))
+    first, second = make_job(sessions, vram_mb=5000), make_job(sessions, vram_mb=5000)
+
+    assert [p.job_id for p in scheduler.tick()] == [first.id]
+    [(reason, start)] = waiting_of(redis, [second.id]).values()
+    assert reason.startswith("needs 5000 MB on one GPU") and start is None
 
 
 def test_a_second_scheduler_does_not_dispatch(

@@ -135,8 +135,11 @@ class Scheduler:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         moment = now.timestamp()
         if moment - self.forecast_at >= self.forecast_every_s:  # after the enqueues, outside the ledger lock
-            self.estimates = forecast(pending, states, moment, config=self.config, running=running, users=users)
             self.forecast_at = moment
+            try:
+                self.estimates = forecast(pending, states, moment, config=self.config, running=running, users=users)
+            except Exception:  # an estimate is a courtesy: the reasons must still be published
+                log.exception("forecast of estimated starts failed")
         publish_waiting(self.redis, self._with_estimates(decision.waiting, moment))
         return placements
 
