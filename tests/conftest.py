@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -217,27 +218,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def api_url(settings: Settings) -> Iterator[str]:
+def start_api(settings: Settings, **output: Any) -> tuple[subprocess.Popen[Any], str]:
+    """`vramq api` on a free port, returned once /healthz answers; `output`: Popen's stdout/stderr/text."""
     port = free_port()
     env = settings_env(settings.model_copy(update={"port": port}))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], env=env, cwd=REPO, **output)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             if httpx.get(f"{url}/healthz").status_code == 200:
-                break
+                return server, url
         except httpx.HTTPError:
             pass
-        assert time.monotonic() < deadline and server.poll() is None, "the API did not start"
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise AssertionError("the API did not start")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def api_url(settings: Settings) -> Iterator[str]:
+    server, url = start_api(settings, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     yield url
     server.terminate()
     server.wait(timeout=10)

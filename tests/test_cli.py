@@ -2,14 +2,13 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import REPO, Cluster, free_port, settings_env
+from tests.conftest import REPO, Cluster, settings_env, start_api
 
 
 def vramq(settings: Settings, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
@@ -40,28 +39,10 @@ def test_node_refuses_to_start_without_gpus(settings: Settings) -> None:
 
 @pytest.mark.parametrize("access_log", [False, True])
 def test_the_api_logs_each_request_only_when_asked(settings: Settings, access_log: bool) -> None:
-    port = free_port()
-    env = settings_env(settings.model_copy(update={"port": port, "access_log": access_log}))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and server.poll() is None, "the API did not start"
-                time.sleep(0.1)
-    finally:
-        server.terminate()
-        output, _ = server.communicate(timeout=10)
+    settings = settings.model_copy(update={"access_log": access_log})
+    server, _ = start_api(settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server.terminate()  # /healthz has answered
+    output, _ = server.communicate(timeout=10)
     assert "Application startup complete" in output  # the server's own log is there either way
     assert ("GET /healthz" in output) is access_log
 
