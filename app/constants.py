@@ -40,6 +40,11 @@ PENDING_KEY = f"{PREFIX}:pending"
 REENQUEUE_AFTER_S = 10.0
 
 
+def run_log_keys(job_id: int, attempt: int) -> tuple[str, str]:
+    """The Redis keys of an attempt's log copy and of the file offset the copy starts at."""
+    return RUN_LOG_KEY.format(job_id=job_id, attempt=attempt), RUN_LOG_FROM_KEY.format(job_id=job_id, attempt=attempt)
+
+
 def node_queue(node: str) -> str:
     """The RQ queue a node's workers listen on."""
     return f"{PREFIX}.node.{node}"

@@ -17,11 +17,10 @@ from app.constants import (
     NODE_PGIDS_KEY,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
-    RUN_LOG_FROM_KEY,
     RUN_LOG_KEEP_BYTES,
-    RUN_LOG_KEY,
     RUN_LOG_MAX_BYTES,
     RUN_LOG_TTL_S,
+    run_log_keys,
 )
 from app.db.models import Job, Run, utcnow
 from app.db.session import transaction
@@ -66,8 +65,7 @@ class LogMirror:
         size = self.path.stat().st_size if self.path.exists() else 0
         if size <= self.copied and self.copied - self.first <= limit:
             return
-        key = RUN_LOG_KEY.format(job_id=self.job_id, attempt=self.attempt)
-        start_key = RUN_LOG_FROM_KEY.format(job_id=self.job_id, attempt=self.attempt)
+        key, start_key = run_log_keys(self.job_id, self.attempt)
         grow = size - self.first <= limit
         start = self.copied if grow else size - keep
         with self.path.open("rb") as handle:
@@ -129,7 +127,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
     except LaunchError as exc:
         with spec.log_path.open("a") as handle:
             handle.write(f"[vramq] launch error: {exc}\n")
-        attempt.mirror.sync()
+        attempt.mirror.finish()
         with transaction(ctx.sessions) as session:
             session.execute(_run_paths(job_id, attempt_no, spec.log_path, spec.output_dir))
             transitions.finish(

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.config import Settings
-from app.constants import RUN_LOG_FROM_KEY, RUN_LOG_KEY
+from app.constants import run_log_keys
 from app.db.models import Job, Metric, Run, User
 from app.enums import JobStatus
 from app.errors import (
@@ -311,8 +311,7 @@ def _read_log(redis: Redis, run: Run, offset: int) -> tuple[bytes, int]:
             handle.seek(offset)
             chunk = handle.read()
         return chunk, offset + len(chunk)
-    key = RUN_LOG_KEY.format(job_id=run.job_id, attempt=run.attempt)
-    start_key = RUN_LOG_FROM_KEY.format(job_id=run.job_id, attempt=run.attempt)
+    key, start_key = run_log_keys(run.job_id, run.attempt)
     # One atomic round trip: the start offset and the text after `offset` always belong to the same copy.
     start, copy = redis.eval(_READ_LOG_COPY, 2, key, start_key, offset)  # type: ignore[no-untyped-call]
     start = int(start)
