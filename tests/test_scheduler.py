@@ -15,6 +15,7 @@ from app.db.models import Job, Run, utcnow
 from app.db.session import transaction
 from app.enums import FailureReason, JobStatus
 from app.errors import IllegalTransition
+from app.scheduler import inputs
 from app.scheduler.loop import LeaderLock, Scheduler
 from app.services import transitions
 from app.services.waiting import waiting_of
@@ -200,3 +201,67 @@ def test_jobs_on_a_dead_node_are_lost(scheduler: Scheduler, sessions: sessionmak
 
     gone = reload(sessions, job.id)
     assert (gone.status, gone.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)
+
+
+def past_runs(sessions: sessionmaker[Session], fingerprint: str, *seconds: float, outcome: JobStatus) -> None:
+    """Finished runs of a fingerprint that took these many seconds."""
+    job = make_job(sessions, fingerprint=fingerprint, status=outcome)
+    end = utcnow() - timedelta(hours=1)
+    with transaction(sessions) as session:
+        for attempt, length in enumerate(seconds, 1):
+            run = Run(job_id=job.id, attempt=attempt, node="node-a", gpu_indices=[0], vram_mb=1000, outcome=outcome)
+            run.fingerprint, run.started_at, run.finished_at = fingerprint, end - timedelta(seconds=length), end
+            session.add(run)
+
+
+def test_without_a_time_limit_a_queued_job_is_expected_to_run_as_long_as_its_history(
+    sessions: sessionmaker[Session],
+) -> None:
+    past_runs(sessions, "fp", 100, 300, 200, outcome=JobStatus.SUCCEEDED)
+    past_runs(sessions, "fp", 9000, outcome=JobStatus.FAILED)  # a failed run says nothing about the run time
+    jobs = [make_job(sessions, fingerprint="fp"), make_job(sessions, fingerprint="fp", time_limit_s=60)]
+    jobs.append(make_job(sessions, fingerprint="new"))
+
+    with sessions() as session:
+        queued = session.scalars(select(Job).where(Job.id.in_([j.id for j in jobs])).order_by(Job.id)).all()
+        pending = inputs.pending_jobs(queued, inputs.History.of(session, queued))
+
+    assert [p.duration_s for p in pending] == [200.0, 60.0, None]  # the median; a time limit wins; unknown
+
+
+@pytest.mark.parametrize(
+    ("started_ago", "time_limit_s", "expected_wait"),
+    [(50, None, 200), (500, None, None), (50, 1000, 1000)],
+    ids=["by-history", "past-its-history", "by-time-limit"],
+)
+def test_a_running_jobs_history_dates_the_job_waiting_for_it(
+    scheduler: Scheduler,
+    sessions: sessionmaker[Session],
+    redis: Redis,
+    started_ago: float,
+    time_limit_s: int | None,
+    expected_wait: float | None,
+) -> None:
+    """The job holding the GPU ends after its fingerprint's median run time (200 s), unless it has
+    already run longer (then nobody knows) or has a time limit (a promise, kept over history)."""
+    scheduler.forecast_every_s = 0  # every tick: no estimate kept from the first
+    publish_node(redis, sizes=(8192,))
+    past_runs(sessions, "fp", 100, 300, 200, outcome=JobStatus.SUCCEEDED)
+    holder = make_job(sessions, vram_mb=5000, fingerprint="fp", time_limit_s=time_limit_s)
+    waiting = make_job(sessions, vram_mb=5000)
+    scheduler.tick()
+    started = utcnow() - timedelta(seconds=started_ago)
+    with transaction(sessions) as session:
+        transitions.start(session, holder.id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == holder.id).values(started_at=started))
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=holder.id, attempt=1), "node-a", ex=10)
+
+    scheduler.tick()
+
+    [(reason, start)] = waiting_of(redis, [waiting.id]).values()
+    assert reason.startswith("needs 5000 MB on one GPU")
+    if expected_wait is None:
+        assert start is None
+    else:
+        assert start is not None
+        assert start.timestamp() == pytest.approx(started.timestamp() + expected_wait, abs=0.01)

@@ -1,9 +1,13 @@
 """What the policy needs, read from SQL: pending and running jobs with their expected compute load and
-end, and each user's decayed usage and current holdings."""
+end, and each user's decayed usage and current holdings.
+
+A job's expected run time is its time limit (a promise: the reservation bound holds) or, without one,
+the median run time of its fingerprint's recent successful runs (an estimate, like its utilisation)."""
 
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -14,21 +18,45 @@ from app.scheduler.fairshare import decayed_gb_hours
 from app.scheduler.policy import DEFAULT_UTIL, PendingJob, RunningJob, UserState
 from app.services.sizing import recent_runs
 
-# Utilisation follows the code more than the data: the newest few runs tell it.
-UTIL_HISTORY_RUNS = 20
+# Utilisation and run time follow the code more than the data: the newest few runs tell them.
+RECENT_RUNS = 20
 
 
 def expected_utils(session: Session, fingerprints: Sequence[str]) -> dict[str, float]:
     """Median measured compute utilisation of each fingerprint's recent runs."""
-    history = recent_runs(session, "util", fingerprints, limit=UTIL_HISTORY_RUNS)
+    history = recent_runs(session, "util", fingerprints, limit=RECENT_RUNS)
     return {fp: statistics.median(values) for fp, values in history.items()}
 
 
-def util_of(job: Job, utils: dict[str, float]) -> float:
-    return utils.get(job.fingerprint or "", DEFAULT_UTIL)
+def expected_durations(session: Session, fingerprints: Sequence[str]) -> dict[str, float]:
+    """Median run time in seconds of each fingerprint's recent successful runs."""
+    history = recent_runs(session, ("started_at", "finished_at"), fingerprints, succeeded_only=True, limit=RECENT_RUNS)
+    return {fp: statistics.median((end - start).total_seconds() for start, end in runs) for fp, runs in history.items()}
 
 
-def pending_jobs(queued: Sequence[Job], utils: dict[str, float]) -> list[PendingJob]:
+@dataclass(frozen=True)
+class History:
+    """What a fingerprint's recent runs say about a job: its compute load and its run time."""
+
+    utils: dict[str, float]
+    durations: dict[str, float]
+
+    @classmethod
+    def of(cls, session: Session, jobs: Iterable[Job]) -> "History":
+        fingerprints = sorted({job.fingerprint for job in jobs if job.fingerprint})
+        return cls(expected_utils(session, fingerprints), expected_durations(session, fingerprints))
+
+    def util(self, job: Job) -> float:
+        return self.utils.get(job.fingerprint or "", DEFAULT_UTIL)
+
+    def duration(self, job: Job) -> float | None:
+        """Its time limit, else its history's median run time; None: unknown."""
+        if job.time_limit_s:
+            return float(job.time_limit_s)
+        return self.durations.get(job.fingerprint or "")
+
+
+def pending_jobs(queued: Sequence[Job], history: History) -> list[PendingJob]:
     return [
         PendingJob(
             id=job.id,
@@ -37,20 +65,32 @@ def pending_jobs(queued: Sequence[Job], utils: dict[str, float]) -> list[Pending
             priority=job.priority,
             submitted=job.created_at.timestamp(),
             user=job.user.name,
-            util=util_of(job, utils),
-            duration_s=float(job.time_limit_s) if job.time_limit_s else None,
+            util=history.util(job),
+            duration_s=history.duration(job),
         )
         for job in queued
     ]
 
 
-def running_jobs(active: Sequence[Job], utils: dict[str, float]) -> list[RunningJob]:
-    """Active jobs; one ends by its time limit at the latest (counted from dispatch until it starts)."""
+def running_jobs(active: Sequence[Job], history: History, now: datetime) -> list[RunningJob]:
+    """Active jobs; one ends by its time limit at the latest (counted from dispatch until it starts) or,
+    without one, after its history's run time, until it runs past that (then its end is unknown)."""
     found = []
     for job in active:
         since = job.started_at or job.dispatched_at
-        end = (since + timedelta(seconds=job.time_limit_s)).timestamp() if since and job.time_limit_s else None
-        found.append(RunningJob(job.node or "", tuple(job.gpu_indices or ()), job.vram_mb, util_of(job, utils), end))
+        expected = history.duration(job)
+        end = since + timedelta(seconds=expected) if since and expected is not None else None
+        if end is not None and not job.time_limit_s and end <= now:
+            end = None
+        found.append(
+            RunningJob(
+                job.node or "",
+                tuple(job.gpu_indices or ()),
+                job.vram_mb,
+                history.util(job),
+                end.timestamp() if end is not None else None,
+            )
+        )
     return found
 
 

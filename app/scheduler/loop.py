@@ -119,9 +119,9 @@ class Scheduler:
                 publish_waiting(self.redis, {})
                 return []
             active = active_jobs(session)
-            utils = inputs.expected_utils(session, sorted({j.fingerprint for j in [*queued, *active] if j.fingerprint}))
-            running = inputs.running_jobs(active, utils)
-            pending = inputs.pending_jobs(queued, utils)
+            history = inputs.History.of(session, [*queued, *active])
+            running = inputs.running_jobs(active, history, now)
+            pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
             decision = schedule(pending, states, now.timestamp(), running=running, users=users, config=self.config)

@@ -59,7 +59,7 @@ class RunningJob:
     gpu_indices: tuple[int, ...]
     vram_mb: int
     util: float = DEFAULT_UTIL
-    expected_end: float | None = None  # None: unknown (no time limit, no progress)
+    expected_end: float | None = None  # None: unknown (no time limit, no history, or past it)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Run
@@ -46,42 +46,47 @@ def fingerprint(user: str, command: Sequence[str], workdir: str | None, base_dir
 
 
 @functools.cache
-def _history_query(column: str, succeeded_only: bool) -> Select[tuple[str, Any]]:
+def _history_query(columns: tuple[str, ...], succeeded_only: bool) -> Select[Any]:
     """Built once per kind: the fingerprints and the limit are bound at execution."""
-    value = getattr(Run, column)
-    conditions = [Run.fingerprint.in_(bindparam("fingerprints", expanding=True)), value.is_not(None)]
+    values = [getattr(Run, column) for column in columns]
+    conditions: list[ColumnElement[bool]] = [Run.fingerprint.in_(bindparam("fingerprints", expanding=True))]
+    conditions += [value.is_not(None) for value in values]
     if succeeded_only:
         conditions.append(Run.outcome == JobStatus.SUCCEEDED)
     ranked = (
         select(
             Run.fingerprint,
-            value.label("value"),
+            *values,
             func.row_number().over(partition_by=Run.fingerprint, order_by=Run.id.desc()).label("rank"),
         )
         .where(*conditions)
         .subquery()
     )
     return (
-        select(ranked.c.fingerprint, ranked.c.value).where(ranked.c.rank <= bindparam("limit")).order_by(ranked.c.rank)
+        select(ranked.c.fingerprint, *(ranked.c[column] for column in columns))
+        .where(ranked.c.rank <= bindparam("limit"))
+        .order_by(ranked.c.rank)
     )
 
 
 def recent_runs(
     session: Session,
-    column: str,
+    column: str | tuple[str, ...],
     fingerprints: Sequence[str],
     *,
     succeeded_only: bool = False,
     limit: int = HISTORY_RUNS,
 ) -> dict[str, list[Any]]:
-    """The values of a run column (not null) in each fingerprint's newest `limit` runs, newest first:
-    one query over the runs index, whatever the number of queued jobs with that fingerprint."""
+    """The values of a run column (not null) in each fingerprint's newest `limit` runs, newest first (a
+    tuple per run for a tuple of columns): one query over the runs index, whatever the number of queued
+    jobs with that fingerprint."""
     if not fingerprints:
         return {}
+    columns = (column,) if isinstance(column, str) else column
     found: dict[str, list[Any]] = {}
-    query = _history_query(column, succeeded_only)
-    for fingerprint, value in session.execute(query, {"fingerprints": list(fingerprints), "limit": limit}):
-        found.setdefault(fingerprint, []).append(value)
+    query = _history_query(columns, succeeded_only)
+    for fingerprint, *values in session.execute(query, {"fingerprints": list(fingerprints), "limit": limit}):
+        found.setdefault(fingerprint, []).append(values[0] if isinstance(column, str) else tuple(values))
     return found
 
 
