@@ -265,3 +265,22 @@ def test_a_running_jobs_history_dates_the_job_waiting_for_it(
     else:
         assert start is not None
         assert start.timestamp() == pytest.approx(started.timestamp() + expected_wait, abs=0.01)
+
+
+def test_a_newly_queued_job_is_forecast_without_waiting_for_the_next_round(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    """All estimates are replayed every 10 s, and sooner (here: at once) when a job has arrived since."""
+    scheduler.forecast_new_job_s = 0
+    publish_node(redis, sizes=(8192,))
+    make_job(sessions, vram_mb=5000, time_limit_s=100)
+    first = make_job(sessions, vram_mb=5000, time_limit_s=100)
+    scheduler.tick()
+    second = make_job(sessions, vram_mb=5000)
+
+    scheduler.tick()
+
+    estimates = waiting_of(redis, [first.id, second.id])
+    first_start, second_start = estimates[first.id][1], estimates[second.id][1]
+    assert first_start is not None and second_start is not None
+    assert (second_start - first_start).total_seconds() == pytest.approx(100, abs=0.01)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TASK = "worker.task.run_job"  # by name: the control plane never imports worker code
 FORECAST_EVERY_S = 10.0  # how often the estimated starts of all queued jobs are replayed (forecast.py)
+FORECAST_NEW_JOB_S = 1.0  # sooner for a job queued since: its submitter looks now (a burst: once a second)
 
 
 class LeaderLock:
@@ -77,8 +78,10 @@ class Scheduler:
             quotas=Quotas(running=settings.quota_running, reserved_mb=settings.quota_reserved_mb)
         )
         self.estimates: dict[int, float] = {}  # the latest forecast (forecast.py): job id -> start
+        self.forecast_ids: set[int] = set()  # the jobs waiting at the latest forecast
         self.forecast_at = float("-inf")
         self.forecast_every_s = FORECAST_EVERY_S
+        self.forecast_new_job_s = FORECAST_NEW_JOB_S
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -134,8 +137,10 @@ class Scheduler:
         for placement in placements:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         moment = now.timestamp()
-        if moment - self.forecast_at >= self.forecast_every_s:  # after the enqueues, outside the ledger lock
-            self.forecast_at = moment
+        since = moment - self.forecast_at
+        arrived = any(job_id not in self.forecast_ids for job_id in decision.waiting)
+        if since >= self.forecast_every_s or (arrived and since >= self.forecast_new_job_s):  # outside the lock
+            self.forecast_at, self.forecast_ids = moment, set(decision.waiting)
             try:
                 self.estimates = forecast(pending, states, moment, config=self.config, running=running, users=users)
             except Exception:  # an estimate is a courtesy: the reasons must still be published
