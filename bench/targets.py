@@ -1,32 +1,60 @@
 """Counts how often `vramq` meets the issue's targets on many generated traces (held-out seeds).
 
-    .venv/bin/python bench/targets.py [--seeds 1-40] [--jobs 300] [--loads 1.2,1.6,2.5] [--workers 2]
+    .venv/bin/python bench/targets.py [--seeds 1-40] [--jobs 300] [--loads 1.2,1.6,2.5] [--workers 2] [--explain]
 
 Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 and above), mean JCT at
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
+With --explain, each makespan miss names the jobs that ended past the limit: "late" if it started
+after the last moment from which running alone would have met it, else "slowed" (it shared compute).
 """
 
 import argparse
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from app.simulator.engine import Simulation
+from app.simulator.engine import Result, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise
+from app.simulator.trace import TraceJob
 from app.simulator.workload import generate
 from app.units import parse_gpu_spec
 
 
-def check(args: tuple[int, float, int, str]) -> tuple[int, float, float, float, int, int]:
-    seed, load, jobs, gpus = args
+def limit(load: float) -> float:
+    return 1.3 if load >= 2.5 else 1.15
+
+
+def culprits(trace: list[TraceJob], result: Result, deadline: float, gpu_mb: int) -> tuple[str, str]:
+    """The jobs that ended after `deadline`, latest first (size, wait, why), and the kind of the last:
+    started late needing over half a GPU (it waited for a GPU to empty), started late, or slowed."""
+    rows = []
+    for index, (end, _) in result.finished.items():
+        if end > deadline:
+            job, start = trace[index], result.first_start[index]
+            late = start > deadline - job.duration_s
+            why = "late" if late else f"slowed x{(end - start) / job.duration_s:.2f}"
+            kind = ("late, over half a GPU" if 2 * job.vram_mb > gpu_mb else "late") if late else "slowed"
+            text = f"{job.job_id} {job.vram_mb} MB util {job.util:g} {job.duration_s:.0f} s, waited "
+            rows.append((end, text + f"{start - job.submit_s:.0f} s: {why}", kind))
+    rows.sort(reverse=True)
+    return f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3]), rows[0][2]
+
+
+def check(args: tuple[int, float, int, str, bool]) -> tuple[int, float, float, float, int, int, tuple[str, str]]:
+    seed, load, jobs, gpus, explain = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
     sim = Simulation(trace, sizes, policy="vramq")
     result = sim.run()
     vramq = summarise(sim, result)
+    ratio = vramq["makespan_over_bound"] or 0
+    why = ("", "")
+    if explain and ratio > limit(load):
+        why = culprits(trace, result, limit(load) * vramq["lower_bound_s"], max(sizes))
     bad = infeasibilities(trace, schedule_rows(sim, result), sizes, ledger=True)
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())
     jct = (vramq["mean_jct_s"] or 0) / (exclusive["mean_jct_s"] or 1)
-    return seed, load, vramq["makespan_over_bound"] or 0, jct, vramq["oom_caused_by_others"], len(bad)
+    return seed, load, ratio, jct, vramq["oom_caused_by_others"], len(bad), why
 
 
 def main() -> None:
@@ -36,15 +64,21 @@ def main() -> None:
     parser.add_argument("--gpus", default="4x24GiB")
     parser.add_argument("--loads", default="1.2,1.6,2.5")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--explain", action="store_true", help="name the jobs behind each makespan miss")
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split("-"))
-    cases = [(s, float(load), args.jobs, args.gpus) for load in args.loads.split(",") for s in range(first, last + 1)]
+    cases = [
+        (s, float(load), args.jobs, args.gpus, args.explain)
+        for load in args.loads.split(",")
+        for s in range(first, last + 1)
+    ]
+    kinds: Counter[str] = Counter()
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
-        for seed, load, ratio, jct, oom, bad in pool.map(check, cases):
+        for seed, load, ratio, jct, oom, bad, why in pool.map(check, cases):
             missed = {
-                "makespan": ratio > (1.3 if load >= 2.5 else 1.15),
+                "makespan": ratio > limit(load),
                 "jct": jct > 0.5,
                 "oom": oom > 0,
                 "infeasible": bad > 0,
@@ -52,7 +86,12 @@ def main() -> None:
             for name, flag in missed.items():
                 misses[name] += flag
             print(f"{load:>5} {seed:>4} {ratio:>6.3f} {jct:>8.2f}  {' '.join(n for n, f in missed.items() if f)}")
+            if why[0]:
+                print(f"{'':>11} {why[0]}")
+                kinds[why[1]] += 1
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
+    if kinds:
+        print("makespan misses by their last job: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
 
 
 if __name__ == "__main__":
