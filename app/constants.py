@@ -26,6 +26,9 @@ RUN_LOG_MAX_BYTES = 16 * 1024 * 1024
 RUN_LOG_KEEP_BYTES = 1024 * 1024
 RUN_LOG_TTL_S = 7 * 24 * 3600
 
+# A running attempt's training progress (progress.json of its Keras autolog), refreshed with its heartbeat.
+RUN_PROGRESS_KEY = PREFIX + ":progress:{job_id}:{attempt}"
+
 # One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.
 LEADER_KEY = f"{PREFIX}:scheduler:leader"
 LEADER_TTL_S = 5.0

@@ -75,6 +75,7 @@ def test_an_unmodified_script_gets_metrics_best_model_and_keeps_its_callbacks(tm
     rows = metric_rows(output)
     assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
     assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(rows[0])
+    assert json.loads((output / "progress.json").read_text()) == {"done": 4, "total": 4, "start": 0}
     assert sorted(p.name for p in (output / "models").iterdir()) == ["plain.keras"]
     assert load_model_output_shape(output / "models" / "plain.keras") == "(None, 2)"
     assert not list((output / "checkpoints").rglob("*.h5"))  # a finished fit leaves no resume checkpoint
@@ -170,6 +171,8 @@ def test_resume_from_an_earlier_attempt(tmp_path: Path, same_model: bool) -> Non
     if same_model:
         assert "resuming from the checkpoint of an earlier attempt at epoch 2" in second.stderr
         assert epochs == [2, 3, 4]
+        # this attempt's own work began at epoch 2: the scheduler times only that
+        assert json.loads((output / "progress.json").read_text()) == {"done": 5, "total": 5, "start": 2}
         assert "iterations 40" in second.stdout  # 8 steps x 5 epochs: the optimizer state came back too
     else:
         assert "does not match this model" in second.stderr and "starting over" in second.stderr

@@ -17,7 +17,8 @@ from app.enums import FailureReason, JobStatus
 from app.errors import IllegalTransition
 from app.scheduler import inputs
 from app.scheduler.loop import LeaderLock, Scheduler
-from app.services import transitions
+from app.services import progress, transitions
+from app.services.progress import Progress
 from app.services.waiting import waiting_of
 from tests.factories import make_job
 from tests.test_api import publish_node
@@ -284,3 +285,27 @@ def test_a_newly_queued_job_is_forecast_without_waiting_for_the_next_round(
     first_start, second_start = estimates[first.id][1], estimates[second.id][1]
     assert first_start is not None and second_start is not None
     assert (second_start - first_start).total_seconds() == pytest.approx(100, abs=0.01)
+
+
+def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    """Resumed at epoch 1 of 10, 100 s in and 3 epochs done: 2 of its 9 epochs took 100 s, so it ends
+    450 s after its start, well before its 1,000 s time limit."""
+    scheduler.forecast_every_s = 0
+    publish_node(redis, sizes=(8192,))
+    holder = make_job(sessions, vram_mb=5000, time_limit_s=1000)
+    waiting = make_job(sessions, vram_mb=5000)
+    scheduler.tick()
+    started = utcnow() - timedelta(seconds=120)
+    with transaction(sessions) as session:
+        transitions.start(session, holder.id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == holder.id).values(started_at=started))
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=holder.id, attempt=1), "node-a", ex=10)
+    progress.publish(redis, holder.id, 1, Progress(done=3, total=10, start=1, at=started.timestamp() + 100))
+
+    scheduler.tick()
+
+    [(_, start)] = waiting_of(redis, [waiting.id]).values()
+    assert start is not None
+    assert start.timestamp() == pytest.approx(started.timestamp() + 450, abs=0.01)

@@ -13,6 +13,8 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db.models import Run
 from app.enums import JobStatus
+from app.services import progress
+from app.services.progress import Progress
 from tests.conftest import Cluster
 from tests.test_end_to_end import py, submit
 
@@ -99,3 +101,26 @@ def test_queued_quota_refuses_and_running_quota_holds_back(
 
     assert third.status_code == 429 and third.json()["error"]["code"] == "quota_exceeded"
     assert cluster.wait(second["id"]).status is JobStatus.SUCCEEDED
+
+
+def test_a_running_jobs_training_progress_reaches_the_scheduler(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    """What the Keras autolog writes to progress.json after each epoch (here written by hand) is copied
+    to Redis with the heartbeat, where the scheduler reads it for the job's expected end."""
+    code = (
+        "import json, os, pathlib, time; "
+        "pathlib.Path(os.environ['VRAMQ_OUTPUT_DIR'], 'progress.json')"
+        ".write_text(json.dumps({'done': 3, 'total': 10, 'start': 1})); time.sleep(3)"
+    )
+    job = submit(client, auth, command=py(code))
+    deadline = time.monotonic() + 30
+    reports: dict[int, Progress] = {}
+    while job["id"] not in reports and time.monotonic() < deadline:
+        reports = progress.read(cluster.redis, [(job["id"], 1)])
+        time.sleep(0.1)
+
+    report = reports[job["id"]]
+    assert (report.done, report.total, report.start) == (3, 10, 1)
+    assert abs(report.at - time.time()) < 10  # dated by the file: when the last epoch ended
+    assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED

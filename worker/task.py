@@ -25,7 +25,7 @@ from app.constants import (
 from app.db.models import Job, Run, utcnow
 from app.db.session import transaction
 from app.enums import FailureReason, JobStatus
-from app.services import jobs, models, sizing, transitions
+from app.services import jobs, models, progress, sizing, transitions
 from app.services.nodes import live_nodes
 from worker import metrics
 from worker.context import WorkerContext
@@ -209,8 +209,12 @@ def _run_paths(job_id: int, attempt: int, log_path: Path, output_dir: Path) -> U
 
 
 def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
+    """Alive, and how far its training has got when its autolog says."""
     key = RUN_HEARTBEAT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)
     ctx.redis.set(key, ctx.settings.node, px=int(RUN_HEARTBEAT_TTL_S * 1000))
+    report = progress.read_file(attempt.output_dir)
+    if report is not None:
+        progress.publish(ctx.redis, attempt.job_id, attempt.attempt, report)
 
 
 def _group_usage(ctx: WorkerContext, pgid: int) -> tuple[int, float | None]:

@@ -1,8 +1,9 @@
 """What the policy needs, read from SQL: pending and running jobs with their expected compute load and
 end, and each user's decayed usage and current holdings.
 
-A job's expected run time is its time limit (a promise: the reservation bound holds) or, without one,
-the median run time of its fingerprint's recent successful runs (an estimate, like its utilisation)."""
+A queued job's expected run time is its time limit (a promise: the reservation bound holds) or, without
+one, the median run time of its fingerprint's recent successful runs (an estimate, like its utilisation).
+A running job may end sooner than its limit where its training's progress says so."""
 
 import statistics
 from collections import defaultdict
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, Run, User
 from app.scheduler.fairshare import decayed_gb_hours
 from app.scheduler.policy import DEFAULT_UTIL, PendingJob, RunningJob, UserState
+from app.services.progress import Progress
 from app.services.sizing import recent_runs
 
 # Utilisation and run time follow the code more than the data: the newest few runs tell them.
@@ -72,26 +74,36 @@ def pending_jobs(queued: Sequence[Job], history: History) -> list[PendingJob]:
     ]
 
 
-def running_jobs(active: Sequence[Job], history: History, now: datetime) -> list[RunningJob]:
-    """Active jobs; one ends by its time limit at the latest (counted from dispatch until it starts) or,
-    without one, after its history's run time, until it runs past that (then its end is unknown)."""
-    found = []
-    for job in active:
-        since = job.started_at or job.dispatched_at
-        expected = history.duration(job)
-        end = since + timedelta(seconds=expected) if since and expected is not None else None
-        if end is not None and not job.time_limit_s and end <= now:
-            end = None
-        found.append(
-            RunningJob(
-                job.node or "",
-                tuple(job.gpu_indices or ()),
-                job.vram_mb,
-                history.util(job),
-                end.timestamp() if end is not None else None,
-            )
+def running_jobs(
+    active: Sequence[Job], history: History, now: datetime, progress: dict[int, Progress] | None = None
+) -> list[RunningJob]:
+    """Active jobs with their expected end: by their time limit at the latest (counted from dispatch until
+    they start), sooner where their training's progress says so, else after their history's run time."""
+    return [
+        RunningJob(
+            job.node or "",
+            tuple(job.gpu_indices or ()),
+            job.vram_mb,
+            history.util(job),
+            _expected_end(job, history, (progress or {}).get(job.id), now.timestamp()),
         )
-    return found
+        for job in active
+    ]
+
+
+def _expected_end(job: Job, history: History, report: Progress | None, now: float) -> float | None:
+    """None: unknown (no time limit, and no progress or history, or it ran past what they said)."""
+    since = job.started_at or job.dispatched_at
+    if since is None:
+        return None
+    limit = since.timestamp() + job.time_limit_s if job.time_limit_s else None
+    guess = report.expected_end(job.started_at.timestamp()) if report and job.started_at else None
+    if guess is None and limit is None and (typical := history.durations.get(job.fingerprint or "")) is not None:
+        guess = since.timestamp() + typical  # a time limit is a promise: history does not overrule it
+    if guess is not None and guess <= now:
+        guess = None
+    ends = [end for end in (limit, guess) if end is not None]
+    return min(ends) if ends else None
 
 
 def user_states(session: Session, active: Sequence[Job], now: datetime, half_life_s: float) -> dict[str, UserState]:

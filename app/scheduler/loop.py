@@ -33,7 +33,7 @@ from app.scheduler import inputs
 from app.scheduler.forecast import forecast
 from app.scheduler.ledger import active_jobs, node_states, reservations_of
 from app.scheduler.policy import Placement, PolicyConfig, Quotas, Wait, schedule
-from app.services import transitions
+from app.services import progress, transitions
 from app.services.nodes import NodeSnapshot, live_nodes
 from app.services.waiting import publish_waiting
 
@@ -123,7 +123,8 @@ class Scheduler:
                 return []
             active = active_jobs(session)
             history = inputs.History.of(session, [*queued, *active])
-            running = inputs.running_jobs(active, history, now)
+            reports = progress.read(self.redis, [(j.id, j.attempt) for j in active if j.status is JobStatus.RUNNING])
+            running = inputs.running_jobs(active, history, now, reports)
             pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)

@@ -4,6 +4,8 @@ Standard library only at import time (it runs in the researcher's environment); 
 Every `Model.fit` gets, after the script's own callbacks:
 - per-epoch metrics, validation included, appended live to $VRAMQ_OUTPUT_DIR/metrics.jsonl (left alone
   when the script writes that file itself);
+- the fit's progress, rewritten after every epoch to $VRAMQ_OUTPUT_DIR/progress.json: epochs done, planned,
+  and the epoch this process began at (the scheduler dates the job's end from it);
 - the best model (by `monitor`: val_loss with validation data, else loss) saved as
   $VRAMQ_OUTPUT_DIR/models/<model name>.keras, unless the script saves its own models there;
 - a resumable checkpoint of the latest epoch (weights, optimizer state, epoch) under
@@ -115,11 +117,14 @@ def _autolog(keras):
             self.maximise = any(word in monitor for word in _MAXIMISED)
             self.best = None
             self.last_epoch = None
+            self.first_epoch = None  # past epochs restored from a checkpoint are not this process's
 
         def on_epoch_end(self, epoch, logs=None):
             figures = {k: float(v) for k, v in (logs or {}).items() if _finite(v)}
             self.last_epoch = epoch
-            for step in (self._write_metrics, self._save_best):
+            if self.first_epoch is None:
+                self.first_epoch = epoch
+            for step in (self._write_metrics, self._save_best, self._write_progress):
                 try:
                     step(epoch, figures)
                 except Exception as exc:
@@ -146,6 +151,15 @@ def _autolog(keras):
             with open(self.metrics_path, "ab") as handle:
                 handle.write(line)
             _state["metrics_bytes"] += len(line)
+
+        def _write_progress(self, epoch, figures):
+            total = (self.params or {}).get("epochs")
+            if not total:
+                return
+            path = os.path.join(os.path.dirname(self.metrics_path), "progress.json")
+            with open(path + ".tmp", "w") as handle:
+                json.dump({"done": epoch + 1, "total": int(total), "start": self.first_epoch}, handle)
+            os.replace(path + ".tmp", path)  # a reader never sees half a file
 
         def _save_best(self, epoch, figures):
             value = figures.get(self.monitor)
