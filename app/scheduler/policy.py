@@ -59,7 +59,7 @@ class RunningJob:
     gpu_indices: tuple[int, ...]
     vram_mb: int
     util: float = DEFAULT_UTIL
-    expected_end: float | None = None  # None: unknown (no time limit, no history, or past it)
+    expected_end: float | None = None  # None: unknown (no time limit, progress or history, or past them)
 
 
 @dataclass(frozen=True)
