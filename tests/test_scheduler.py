@@ -309,3 +309,17 @@ def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
     [(_, start)] = waiting_of(redis, [waiting.id]).values()
     assert start is not None
     assert start.timestamp() == pytest.approx(started.timestamp() + 450, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        (Progress(done=3, total=10, start=1, at=1100), 1450),  # 2 of 9 epochs in 100 s
+        (Progress(done=10, total=10, start=0, at=1300), 1300),  # done: it ended with its last epoch
+        (Progress(done=2, total=10, start=2, at=1100), None),  # resumed, no epoch of its own yet
+        (Progress(done=3, total=10, start=1, at=900), None),  # written before this attempt started
+        (Progress(done=12, total=10, start=1, at=1100), None),  # more than planned: says nothing
+    ],
+)
+def test_progress_scales_the_time_so_far_to_all_epochs(report: Progress, expected: float | None) -> None:
+    assert report.expected_end(started=1000) == expected
