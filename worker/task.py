@@ -20,6 +20,7 @@ from app.constants import (
     RUN_LOG_KEEP_BYTES,
     RUN_LOG_MAX_BYTES,
     RUN_LOG_TTL_S,
+    RUN_PROGRESS_KEY,
     run_log_keys,
 )
 from app.db.models import Job, Run, utcnow
@@ -163,7 +164,10 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
     finally:
         attempt.mirror.finish()  # what the worker itself wrote at the end
         ctx.redis.hdel(pgids_key, str(pgid))
-        ctx.redis.delete(RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no))
+        ctx.redis.delete(
+            RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no),
+            RUN_PROGRESS_KEY.format(job_id=job_id, attempt=attempt_no),
+        )
 
 
 def _launch_spec(ctx: WorkerContext, job: Job) -> LaunchSpec:
@@ -211,10 +215,12 @@ def _run_paths(job_id: int, attempt: int, log_path: Path, output_dir: Path) -> U
 def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
     """Alive, and how far its training has got when its autolog says."""
     key = RUN_HEARTBEAT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)
-    ctx.redis.set(key, ctx.settings.node, px=int(RUN_HEARTBEAT_TTL_S * 1000))
     report = progress.read_file(attempt.output_dir)
-    if report is not None:
-        progress.publish(ctx.redis, attempt.job_id, attempt.attempt, report)
+    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+        pipe.set(key, ctx.settings.node, px=int(RUN_HEARTBEAT_TTL_S * 1000))
+        if report is not None:
+            progress.publish(pipe, attempt.job_id, attempt.attempt, report)
+        pipe.execute()
 
 
 def _group_usage(ctx: WorkerContext, pgid: int) -> tuple[int, float | None]:

@@ -1,8 +1,8 @@
 """When each queued job may start: the policy replayed on expected ends (like Slurm's `squeue --start`).
 
 From the current state, `schedule` runs again at each moment a running or projected job is expected to end
-(its time limit or history), as if nothing new arrived and every job ran exactly its expected time. A job
-placed at moment t gets t as its estimate. The replay stops where the future stops being known: once only
+(its time limit, progress or history), as if nothing new arrived and every job ran exactly its expected
+time. A job placed at moment t gets t as its estimate. The replay stops where the future stops being known: once only
 jobs of unknown length are left running, the jobs still waiting get no estimate; it also stops after
 MAX_STEPS moments or BUDGET_S of work (a long queue: its far end gets no estimate).
 """

@@ -98,7 +98,7 @@ def _expected_end(job: Job, history: History, report: Progress | None, now: floa
         return None
     limit = since.timestamp() + job.time_limit_s if job.time_limit_s else None
     guess = report.expected_end(job.started_at.timestamp()) if report and job.started_at else None
-    if guess is None and limit is None and (typical := history.durations.get(job.fingerprint or "")) is not None:
+    if guess is None and limit is None and (typical := history.duration(job)) is not None:
         guess = since.timestamp() + typical  # a time limit is a promise: history does not overrule it
     if guess is not None and guess <= now:
         guess = None
