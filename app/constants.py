@@ -28,6 +28,12 @@ RUN_LOG_TTL_S = 7 * 24 * 3600
 
 # A running attempt's training progress (progress.json of its Keras autolog), refreshed with its heartbeat.
 RUN_PROGRESS_KEY = PREFIX + ":progress:{job_id}:{attempt}"
+# A running attempt's measured compute load: the mean of its last RUN_LOAD_SAMPLES utilisation samples,
+# refreshed with its heartbeat once it has that many. 60 samples are 30 s at the default sampling: long
+# enough to smooth NVML's momentary readings and to be past most of the start-up (imports, data loading),
+# short enough to follow a job whose load changes.
+RUN_LOAD_KEY = PREFIX + ":load:{job_id}:{attempt}"
+RUN_LOAD_SAMPLES = 60
 
 # One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.
 LEADER_KEY = f"{PREFIX}:scheduler:leader"

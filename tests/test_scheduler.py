@@ -204,14 +204,17 @@ def test_jobs_on_a_dead_node_are_lost(scheduler: Scheduler, sessions: sessionmak
     assert (gone.status, gone.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)
 
 
-def past_runs(sessions: sessionmaker[Session], fingerprint: str, *seconds: float, outcome: JobStatus) -> None:
-    """Finished runs of a fingerprint that took these many seconds."""
+def past_runs(
+    sessions: sessionmaker[Session], fingerprint: str, *seconds: float, outcome: JobStatus, util: float | None = None
+) -> None:
+    """Finished runs of a fingerprint that took these many seconds (at this measured utilisation)."""
     job = make_job(sessions, fingerprint=fingerprint, status=outcome)
     end = utcnow() - timedelta(hours=1)
     with transaction(sessions) as session:
         for attempt, length in enumerate(seconds, 1):
             run = Run(job_id=job.id, attempt=attempt, node="node-a", gpu_indices=[0], vram_mb=1000, outcome=outcome)
             run.fingerprint, run.started_at, run.finished_at = fingerprint, end - timedelta(seconds=length), end
+            run.util = util
             session.add(run)
 
 
@@ -309,6 +312,32 @@ def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
     [(_, start)] = waiting_of(redis, [waiting.id]).values()
     assert start is not None
     assert start.timestamp() == pytest.approx(started.timestamp() + 450, abs=0.01)
+
+
+@pytest.mark.parametrize(("measured", "placed"), [(None, True), (0.95, False)])
+def test_a_running_jobs_measured_load_outweighs_its_history(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, measured: float | None, placed: bool
+) -> None:
+    """A holder that history says is light (0.3) leaves room for a 0.9 job under the cap of 1.6; measured
+    at 0.95 while it runs, it does not."""
+    publish_node(redis, sizes=(24576,))
+    past_runs(sessions, "light", 100, outcome=JobStatus.SUCCEEDED, util=0.3)
+    past_runs(sessions, "heavy", 100, outcome=JobStatus.SUCCEEDED, util=0.9)
+    holder = make_job(sessions, vram_mb=5000, fingerprint="light")
+    scheduler.tick()
+    with transaction(sessions) as session:
+        transitions.start(session, holder.id, 1, pid=1, log_path="/l", output_dir="/o")
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=holder.id, attempt=1), "node-a", ex=10)
+    if measured is not None:
+        progress.publish_load(redis, holder.id, 1, measured)
+    heavy = make_job(sessions, vram_mb=5000, fingerprint="heavy")
+
+    scheduler.tick()
+
+    assert (reload(sessions, heavy.id).status is JobStatus.DISPATCHED) is placed
+    if not placed:
+        [(reason, _)] = waiting_of(redis, [heavy.id]).values()
+        assert reason.endswith("compute-saturated (it would take them past 1.6)")
 
 
 @pytest.mark.parametrize(

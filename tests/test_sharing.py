@@ -124,3 +124,21 @@ def test_a_running_jobs_training_progress_reaches_the_scheduler(
     assert (report.done, report.total, report.start) == (3, 10, 1)
     assert abs(report.at - time.time()) < 10  # dated by the file: when the last epoch ended
     assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
+
+
+def test_a_running_jobs_measured_load_reaches_the_scheduler(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    """Once the worker has RUN_LOAD_SAMPLES samples of a job's compute utilisation, their mean goes to
+    Redis with its heartbeat, where the scheduler reads it as the job's load; the key goes with the job."""
+    job = submit(client, auth, command=py("import time, vramq_sim; vramq_sim.use(500, util=0.8); time.sleep(60)"))
+    deadline = time.monotonic() + 40
+    loads: dict[int, float] = {}
+    while job["id"] not in loads and time.monotonic() < deadline:
+        loads = progress.read_loads(cluster.redis, [(job["id"], 1)])
+        time.sleep(0.1)
+
+    assert loads[job["id"]] == pytest.approx(0.8)
+    client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert cluster.wait(job["id"]).status is JobStatus.CANCELLED
+    assert progress.read_loads(cluster.redis, [(job["id"], 1)]) == {}

@@ -17,6 +17,8 @@ from app.constants import (
     NODE_PGIDS_KEY,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
+    RUN_LOAD_KEY,
+    RUN_LOAD_SAMPLES,
     RUN_LOG_KEEP_BYTES,
     RUN_LOG_MAX_BYTES,
     RUN_LOG_TTL_S,
@@ -167,6 +169,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
         ctx.redis.delete(
             RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no),
             RUN_PROGRESS_KEY.format(job_id=job_id, attempt=attempt_no),
+            RUN_LOAD_KEY.format(job_id=job_id, attempt=attempt_no),
         )
 
 
@@ -213,13 +216,16 @@ def _run_paths(job_id: int, attempt: int, log_path: Path, output_dir: Path) -> U
 
 
 def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
-    """Alive, and how far its training has got when its autolog says."""
+    """Alive; how far its training has got when its autolog says; its recent compute load once measured."""
     key = RUN_HEARTBEAT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)
     report = progress.read_file(attempt.output_dir)
-    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip for all
         pipe.set(key, ctx.settings.node, px=int(RUN_HEARTBEAT_TTL_S * 1000))
         if report is not None:
             progress.publish(pipe, attempt.job_id, attempt.attempt, report)
+        if len(attempt.utils) >= RUN_LOAD_SAMPLES:
+            recent = attempt.utils[-RUN_LOAD_SAMPLES:]
+            progress.publish_load(pipe, attempt.job_id, attempt.attempt, sum(recent) / len(recent))
         pipe.execute()
 
 

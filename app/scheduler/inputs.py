@@ -3,7 +3,8 @@ end, and each user's decayed usage and current holdings.
 
 A queued job's expected run time is its time limit (a promise: the reservation bound holds) or, without
 one, the median run time of its fingerprint's recent successful runs (an estimate, like its utilisation).
-A running job may end sooner than its limit where its training's progress says so."""
+A running job may end sooner than its limit where its training's progress says so, and once its load has
+been measured for a while (RUN_LOAD_SAMPLES), that measurement is its utilisation."""
 
 import statistics
 from collections import defaultdict
@@ -75,16 +76,22 @@ def pending_jobs(queued: Sequence[Job], history: History) -> list[PendingJob]:
 
 
 def running_jobs(
-    active: Sequence[Job], history: History, now: datetime, progress: dict[int, Progress] | None = None
+    active: Sequence[Job],
+    history: History,
+    now: datetime,
+    progress: dict[int, Progress] | None = None,
+    loads: dict[int, float] | None = None,
 ) -> list[RunningJob]:
-    """Active jobs with their expected end: by their time limit at the latest (counted from dispatch until
-    they start), sooner where their training's progress says so, else after their history's run time."""
+    """Active jobs with their compute load (measured, else from history) and expected end: by their time
+    limit at the latest (counted from dispatch until they start), sooner where their training's progress
+    says so, else after their history's run time."""
+    loads = loads or {}
     return [
         RunningJob(
             job.node or "",
             tuple(job.gpu_indices or ()),
             job.vram_mb,
-            history.util(job),
+            loads.get(job.id, history.util(job)),
             _expected_end(job, history, (progress or {}).get(job.id), now.timestamp()),
         )
         for job in active

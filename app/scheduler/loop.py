@@ -123,8 +123,9 @@ class Scheduler:
                 return []
             active = active_jobs(session)
             history = inputs.History.of(session, [*queued, *active])
-            reports = progress.read(self.redis, [(j.id, j.attempt) for j in active if j.status is JobStatus.RUNNING])
-            running = inputs.running_jobs(active, history, now, reports)
+            attempts = [(j.id, j.attempt) for j in active if j.status is JobStatus.RUNNING]
+            reports, loads = progress.read(self.redis, attempts), progress.read_loads(self.redis, attempts)
+            running = inputs.running_jobs(active, history, now, reports, loads)
             pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)

@@ -1,9 +1,11 @@
-"""How far a running job's training has got, and when that says it ends.
+"""What a running attempt reports with its heartbeat: how far its training has got (and when that says it
+ends), and how hard it works its GPU.
 
 The Keras autolog hook rewrites $VRAMQ_OUTPUT_DIR/progress.json after every epoch: epochs done, epochs
 planned, and the epoch the attempt's fit began at (past epochs restored from a checkpoint took no time in
 this attempt). The worker copies it to Redis with every heartbeat; the scheduler reads it for the expected
-end of running jobs, the "progress when known" that reservations use."""
+end of running jobs, the "progress when known" that reservations use. The worker also publishes the job's
+measured compute load over its recent samples, which the scheduler trusts over the job's history."""
 
 import json
 from collections.abc import Sequence
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from app.constants import RUN_HEARTBEAT_TTL_S, RUN_PROGRESS_KEY
+from app.constants import RUN_HEARTBEAT_TTL_S, RUN_LOAD_KEY, RUN_PROGRESS_KEY
 
 FILE_NAME = "progress.json"
 
@@ -46,13 +48,25 @@ def publish(redis: Redis, job_id: int, attempt: int, progress: Progress) -> None
     redis.set(key, json.dumps(asdict(progress)), px=int(RUN_HEARTBEAT_TTL_S * 1000))
 
 
+def publish_load(redis: Redis, job_id: int, attempt: int, load: float) -> None:
+    key = RUN_LOAD_KEY.format(job_id=job_id, attempt=attempt)
+    redis.set(key, repr(load), px=int(RUN_HEARTBEAT_TTL_S * 1000))
+
+
 def read(redis: Redis, attempts: Sequence[tuple[int, int]]) -> dict[int, Progress]:
     """Job id -> the progress its attempt last reported, for the (job id, attempt) pairs that have one."""
+    return {job_id: Progress(**json.loads(raw)) for job_id, raw in _latest(redis, RUN_PROGRESS_KEY, attempts).items()}
+
+
+def read_loads(redis: Redis, attempts: Sequence[tuple[int, int]]) -> dict[int, float]:
+    """Job id -> its attempt's measured compute load, for the (job id, attempt) pairs that have one."""
+    return {job_id: float(raw) for job_id, raw in _latest(redis, RUN_LOAD_KEY, attempts).items()}
+
+
+def _latest(redis: Redis, template: str, attempts: Sequence[tuple[int, int]]) -> dict[int, bytes | str]:
+    """One MGET of `template`'s key for each (job id, attempt): job id -> value, where there is one."""
     if not attempts:
         return {}
-    keys = [RUN_PROGRESS_KEY.format(job_id=job_id, attempt=attempt) for job_id, attempt in attempts]
-    found = {}
-    for (job_id, _), raw in zip(attempts, redis.mget(keys), strict=True):  # type: ignore[arg-type]
-        if raw:
-            found[job_id] = Progress(**json.loads(raw))
-    return found
+    keys = [template.format(job_id=job_id, attempt=attempt) for job_id, attempt in attempts]
+    values = redis.mget(keys)
+    return {job_id: raw for (job_id, _), raw in zip(attempts, values, strict=True) if raw}  # type: ignore[arg-type, misc]
