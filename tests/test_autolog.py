@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,7 @@ def load_model_output_shape(path: Path) -> str:
 
 
 def test_an_unmodified_script_gets_metrics_best_model_and_keeps_its_callbacks(tmp_path: Path) -> None:
+    launched = time.time()
     result, output = run_script(
         tmp_path,
         """
@@ -75,7 +77,9 @@ def test_an_unmodified_script_gets_metrics_best_model_and_keeps_its_callbacks(tm
     rows = metric_rows(output)
     assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
     assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(rows[0])
-    assert json.loads((output / "progress.json").read_text()) == {"done": 4, "total": 4, "start": 0}
+    report = json.loads((output / "progress.json").read_text())
+    assert {key: report[key] for key in ("done", "total", "start")} == {"done": 4, "total": 4, "start": 0}
+    assert launched < report["began"] < (output / "progress.json").stat().st_mtime  # the fit's start, not the process's
     assert sorted(p.name for p in (output / "models").iterdir()) == ["plain.keras"]
     assert load_model_output_shape(output / "models" / "plain.keras") == "(None, 2)"
     assert not list((output / "checkpoints").rglob("*.h5"))  # a finished fit leaves no resume checkpoint
@@ -172,7 +176,8 @@ def test_resume_from_an_earlier_attempt(tmp_path: Path, same_model: bool) -> Non
         assert "resuming from the checkpoint of an earlier attempt at epoch 2" in second.stderr
         assert epochs == [2, 3, 4]
         # this attempt's own work began at epoch 2: the scheduler times only that
-        assert json.loads((output / "progress.json").read_text()) == {"done": 5, "total": 5, "start": 2}
+        report = json.loads((output / "progress.json").read_text())
+        assert (report["done"], report["total"], report["start"]) == (5, 5, 2)
         assert "iterations 40" in second.stdout  # 8 steps x 5 epochs: the optimizer state came back too
     else:
         assert "does not match this model" in second.stderr and "starting over" in second.stderr

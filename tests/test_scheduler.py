@@ -293,8 +293,8 @@ def test_a_newly_queued_job_is_forecast_without_waiting_for_the_next_round(
 def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
     scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
 ) -> None:
-    """Resumed at epoch 1 of 10, 100 s in and 3 epochs done: 2 of its 9 epochs took 100 s, so it ends
-    450 s after its start, well before its 1,000 s time limit."""
+    """Resumed at epoch 1 of 10, its fit began 20 s after the start and had 3 epochs done 100 s after it:
+    40 s an epoch, so the 7 left end 380 s after its start, well before its 1,000 s time limit."""
     scheduler.forecast_every_s = 0
     publish_node(redis, sizes=(8192,))
     holder = make_job(sessions, vram_mb=5000, time_limit_s=1000)
@@ -305,13 +305,14 @@ def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
         transitions.start(session, holder.id, 1, pid=1, log_path="/l", output_dir="/o")
         session.execute(update(Job).where(Job.id == holder.id).values(started_at=started))
     redis.set(RUN_HEARTBEAT_KEY.format(job_id=holder.id, attempt=1), "node-a", ex=10)
-    progress.publish(redis, holder.id, 1, Progress(done=3, total=10, start=1, at=started.timestamp() + 100))
+    began, at = started.timestamp() + 20, started.timestamp() + 100
+    progress.publish(redis, holder.id, 1, Progress(done=3, total=10, start=1, began=began, at=at))
 
     scheduler.tick()
 
     [(_, start)] = waiting_of(redis, [waiting.id]).values()
     assert start is not None
-    assert start.timestamp() == pytest.approx(started.timestamp() + 450, abs=0.01)
+    assert start.timestamp() == pytest.approx(started.timestamp() + 380, abs=0.01)
 
 
 @pytest.mark.parametrize(("measured", "placed"), [(None, True), (0.95, False)])
@@ -343,12 +344,12 @@ def test_a_running_jobs_measured_load_outweighs_its_history(
 @pytest.mark.parametrize(
     ("report", "expected"),
     [
-        (Progress(done=3, total=10, start=1, at=1100), 1450),  # 2 of 9 epochs in 100 s
-        (Progress(done=10, total=10, start=0, at=1300), 1300),  # done: it ended with its last epoch
-        (Progress(done=2, total=10, start=2, at=1100), None),  # resumed, no epoch of its own yet
-        (Progress(done=3, total=10, start=1, at=900), None),  # written before this attempt started
-        (Progress(done=12, total=10, start=1, at=1100), None),  # more than planned: says nothing
+        (Progress(done=3, total=10, start=1, began=1020, at=1100), 1380),  # 40 s an epoch; start-up once
+        (Progress(done=10, total=10, start=0, began=1000, at=1300), 1300),  # done: it ended with its last epoch
+        (Progress(done=2, total=10, start=2, began=1050, at=1100), None),  # resumed, no epoch of its own yet
+        (Progress(done=3, total=10, start=1, began=800, at=900), None),  # written before this attempt started
+        (Progress(done=12, total=10, start=1, began=1020, at=1100), None),  # more than planned: says nothing
     ],
 )
-def test_progress_scales_the_time_so_far_to_all_epochs(report: Progress, expected: float | None) -> None:
+def test_progress_dates_the_end_at_the_fits_pace(report: Progress, expected: float | None) -> None:
     assert report.expected_end(started=1000) == expected

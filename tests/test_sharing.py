@@ -111,7 +111,7 @@ def test_a_running_jobs_training_progress_reaches_the_scheduler(
     code = (
         "import json, os, pathlib, time; "
         "pathlib.Path(os.environ['VRAMQ_OUTPUT_DIR'], 'progress.json')"
-        ".write_text(json.dumps({'done': 3, 'total': 10, 'start': 1})); time.sleep(3)"
+        ".write_text(json.dumps({'done': 3, 'total': 10, 'start': 1, 'began': time.time() - 1})); time.sleep(3)"
     )
     job = submit(client, auth, command=py(code))
     deadline = time.monotonic() + 30
@@ -122,6 +122,7 @@ def test_a_running_jobs_training_progress_reaches_the_scheduler(
 
     report = reports[job["id"]]
     assert (report.done, report.total, report.start) == (3, 10, 1)
+    assert 0 < report.at - report.began < 10
     assert abs(report.at - time.time()) < 10  # dated by the file: when the last epoch ended
     assert cluster.wait(job["id"]).status is JobStatus.SUCCEEDED
 

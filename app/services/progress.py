@@ -2,10 +2,11 @@
 ends), and how hard it works its GPU.
 
 The Keras autolog hook rewrites $VRAMQ_OUTPUT_DIR/progress.json after every epoch: epochs done, epochs
-planned, and the epoch the attempt's fit began at (past epochs restored from a checkpoint took no time in
-this attempt). The worker copies it to Redis with every heartbeat; the scheduler reads it for the expected
-end of running jobs, the "progress when known" that reservations use. The worker also publishes the job's
-measured compute load over its recent samples, which the scheduler trusts over the job's history."""
+planned, the epoch the fit began at (past epochs restored from a checkpoint took no time in this attempt)
+and when it began (after imports, data loading and model building, which do not recur per epoch). The
+worker copies it to Redis with every heartbeat; the scheduler reads it for the expected end of running
+jobs, the "progress when known" that reservations use. The worker also publishes the job's measured
+compute load over its recent samples, which the scheduler trusts over the job's history."""
 
 import json
 from collections.abc import Sequence
@@ -23,14 +24,16 @@ FILE_NAME = "progress.json"
 class Progress:
     done: int  # epochs done, counted from 0
     total: int  # epochs planned
-    start: int  # the epoch this attempt began at
-    at: float  # when the last of them ended (Unix time)
+    start: int  # the epoch the fit began at
+    began: float  # when the fit began (Unix time)
+    at: float  # when the last of its epochs ended (Unix time)
 
     def expected_end(self, started: float) -> float | None:
-        """The attempt's time so far (from `started`), scaled to all its epochs; None before its first."""
-        if not self.start < self.done <= self.total or self.at <= started:
+        """The epochs left at the fit's pace so far; None before its first epoch, or for a report older
+        than the attempt that started at `started`."""
+        if not self.start < self.done <= self.total or not started <= self.began < self.at:
             return None
-        return started + (self.at - started) * (self.total - self.start) / (self.done - self.start)
+        return self.at + (self.at - self.began) * (self.total - self.done) / (self.done - self.start)
 
 
 def read_file(output_dir: Path) -> Progress | None:
@@ -38,7 +41,8 @@ def read_file(output_dir: Path) -> Progress | None:
     path = output_dir / FILE_NAME
     try:
         report = json.loads(path.read_text())
-        return Progress(int(report["done"]), int(report["total"]), int(report["start"]), path.stat().st_mtime)
+        counts = int(report["done"]), int(report["total"]), int(report["start"])
+        return Progress(*counts, float(report["began"]), path.stat().st_mtime)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -5,7 +5,7 @@ Every `Model.fit` gets, after the script's own callbacks:
 - per-epoch metrics, validation included, appended live to $VRAMQ_OUTPUT_DIR/metrics.jsonl (left alone
   when the script writes that file itself);
 - the fit's progress, rewritten after every epoch to $VRAMQ_OUTPUT_DIR/progress.json: epochs done, planned,
-  and the epoch this process began at (the scheduler dates the job's end from it);
+  the epoch this fit began at and when it began (the scheduler dates the job's end from its pace);
 - the best model (by `monitor`: val_loss with validation data, else loss) saved as
   $VRAMQ_OUTPUT_DIR/models/<model name>.keras, unless the script saves its own models there;
 - a resumable checkpoint of the latest epoch (weights, optimizer state, epoch) under
@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+import time
 
 _state: dict = {"fits": 0, "epoch_offset": 0, "metrics_bytes": None, "own_models": set(), "script_metrics": False}
 _MAXIMISED = ("acc", "auc", "precision", "recall", "f1")
@@ -118,6 +119,7 @@ def _autolog(keras):
             self.best = None
             self.last_epoch = None
             self.first_epoch = None  # past epochs restored from a checkpoint are not this process's
+            self.began = None  # when this fit began, past model building, data loading and any restore
 
         def on_epoch_end(self, epoch, logs=None):
             figures = {k: float(v) for k, v in (logs or {}).items() if _finite(v)}
@@ -131,6 +133,7 @@ def _autolog(keras):
                     _say(f"autolog: {step.__name__.strip('_')} failed: {exc!r}")
 
         def on_train_begin(self, logs=None):
+            self.began = time.time()
             if _state["metrics_bytes"] is None:  # what was there before any fit is not the script's doing
                 path = self.metrics_path
                 _state["metrics_bytes"] = os.path.getsize(path) if os.path.exists(path) else 0
@@ -158,7 +161,8 @@ def _autolog(keras):
                 return
             path = os.path.join(os.path.dirname(self.metrics_path), "progress.json")
             with open(path + ".tmp", "w") as handle:
-                json.dump({"done": epoch + 1, "total": int(total), "start": self.first_epoch}, handle)
+                report = {"done": epoch + 1, "total": int(total), "start": self.first_epoch, "began": self.began}
+                json.dump(report, handle)
             os.replace(path + ".tmp", path)  # a reader never sees half a file
 
         def _save_best(self, epoch, figures):
