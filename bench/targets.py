@@ -4,8 +4,9 @@
 
 Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 and above), mean JCT at
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
-With --explain, each makespan miss names the jobs that ended past the limit: "late" if it started
-after the last moment from which running alone would have met it, else "slowed" (it shared compute).
+With --explain, each makespan miss names the term of the lower bound that sets it (the longest job, the
+memory area or the compute area) and the jobs that ended past the limit: "late" if it started after the
+last moment from which running alone would have met it, else "slowed" (it shared compute).
 """
 
 import argparse
@@ -14,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from app.simulator.engine import Result, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise
-from app.simulator.trace import TraceJob
+from app.simulator.trace import TraceJob, bound_terms
 from app.simulator.workload import generate
 from app.units import parse_gpu_spec
 
@@ -39,7 +40,7 @@ def culprits(trace: list[TraceJob], result: Result, deadline: float, gpu_mb: int
     return f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3]), rows[0][2]
 
 
-def check(args: tuple[int, float, int, str, bool]) -> tuple[int, float, float, float, int, int, tuple[str, str]]:
+def check(args: tuple[int, float, int, str, bool]) -> tuple[int, float, float, float, int, int, tuple[str, str, str]]:
     seed, load, jobs, gpus, explain = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
@@ -47,9 +48,12 @@ def check(args: tuple[int, float, int, str, bool]) -> tuple[int, float, float, f
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
-    why = ("", "")
+    why = ("", "", "")
     if explain and ratio > limit(load):
-        why = culprits(trace, result, limit(load) * vramq["lower_bound_s"], max(sizes))
+        terms = bound_terms(trace, len(sizes), sum(sizes))
+        term = max(terms, key=lambda name: terms[name])
+        text, kind = culprits(trace, result, limit(load) * vramq["lower_bound_s"], max(sizes))
+        why = (f"bound set by {term}; {text}", kind, term)
     bad = infeasibilities(trace, schedule_rows(sim, result), sizes, ledger=True)
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())
@@ -73,6 +77,7 @@ def main() -> None:
         for s in range(first, last + 1)
     ]
     kinds: Counter[str] = Counter()
+    terms: Counter[str] = Counter()
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
@@ -89,9 +94,11 @@ def main() -> None:
             if why[0]:
                 print(f"{'':>11} {why[0]}")
                 kinds[why[1]] += 1
+                terms[why[2]] += 1
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
     if kinds:
         print("makespan misses by their last job: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
+        print("makespan misses by the bound's term: " + ", ".join(f"{k} {n}" for k, n in terms.most_common()))
 
 
 if __name__ == "__main__":

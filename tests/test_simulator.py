@@ -10,7 +10,7 @@ import pytest
 
 from app.simulator.engine import POLICIES, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger
-from app.simulator.trace import TraceError, TraceJob, load_trace, lower_bound, write_trace
+from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
 from tests.conftest import REPO
 
@@ -79,6 +79,7 @@ def test_lower_bound_terms() -> None:
 
     assert lower_bound(jobs, gpu_count=1, total_mb=24576) == 110.0  # memory area after t=0
     assert lower_bound(jobs, gpu_count=2, total_mb=2 * 24576) == 100.0  # the longest job
+    assert bound_terms(jobs, gpu_count=2, total_mb=2 * 24576) == {"longest job": 100.0, "memory": 55.0, "compute": 55.0}
 
 
 def test_traces_round_trip_and_bad_ones_are_refused(tmp_path: Path) -> None:

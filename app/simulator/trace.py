@@ -75,14 +75,19 @@ def write_trace(path: Path, jobs: list[TraceJob]) -> None:
 
 
 def lower_bound(jobs: list[TraceJob], gpu_count: int, total_mb: int) -> float:
-    """No schedule finishes before this (WORKLOADS.md): the longest job, the memory-time area and the
-    compute-time area released after each submission time."""
+    """No schedule finishes before this (WORKLOADS.md)."""
+    return max(bound_terms(jobs, gpu_count, total_mb).values(), default=0.0)
+
+
+def bound_terms(jobs: list[TraceJob], gpu_count: int, total_mb: int) -> dict[str, float]:
+    """The three terms of the lower bound: the longest job (from its submission), and the memory-time and
+    compute-time areas released after each submission time; the largest says what limits the trace."""
     if not jobs:
-        return 0.0
-    bound = max(job.submit_s + job.duration_s for job in jobs)
-    memory = compute = 0.0
+        return {}
+    memory = compute = area_memory = area_compute = 0.0
     for job in sorted(jobs, key=lambda j: j.submit_s, reverse=True):
-        memory += job.gpus * job.vram_mb * job.duration_s / total_mb
-        compute += job.gpus * job.util * job.duration_s / gpu_count
-        bound = max(bound, job.submit_s + memory, job.submit_s + compute)
-    return bound
+        area_memory += job.gpus * job.vram_mb * job.duration_s / total_mb
+        area_compute += job.gpus * job.util * job.duration_s / gpu_count
+        memory, compute = max(memory, job.submit_s + area_memory), max(compute, job.submit_s + area_compute)
+    longest = max(job.submit_s + job.duration_s for job in jobs)
+    return {"longest job": longest, "memory": memory, "compute": compute}
