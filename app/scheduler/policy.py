@@ -138,17 +138,21 @@ class _Cluster:
         self.background = dict.fromkeys(self.free, 0.0)  # load of jobs with unknown ends
         for job in self.running:
             load = max((self.util.get((job.node, i), 0.0) for i in job.gpu_indices), default=0.0)
+            left = max(0.0, job.expected_end - now) / max(1.0, load) if job.expected_end is not None else 0.0
             for index in job.gpu_indices:
-                key = (job.node, index)
-                if key not in self.free:
-                    continue
-                if job.expected_end is not None:
-                    self.drain[key] = max(self.drain.get(key, 0.0), job.expected_end)
-                    self.work[key].append((max(0.0, job.expected_end - now) / max(1.0, load), job.util))
-                else:
-                    self.background[key] += job.util
+                if (job.node, index) in self.free:
+                    self._add_work((job.node, index), job.expected_end, left, job.util)
         self.finish = {k: _finish(now, self.work[k], self.background[k]) for k in self.free}
         self.horizon = max(self.finish.values(), default=now)
+
+    def _add_work(self, key: tuple[str, int], end: float | None, left: float, util: float) -> None:
+        """A job on the GPU: known work (`left` solo seconds, ending at `end`), or with `end` unknown, a load
+        that never drains."""
+        if end is None:
+            self.background[key] += util
+        else:
+            self.drain[key] = max(self.drain.get(key, 0.0), end)
+            self.work[key].append((left, util))
 
     def _ranked(self, node: str) -> list[int]:
         return sorted((self.free[node, g.index] for g in self.nodes[node].gpus), reverse=True)
@@ -229,11 +233,7 @@ class _Cluster:
         self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
         for index in placement.gpu_indices:
             key = (placement.node, index)
-            if job.duration_s is not None:
-                self.drain[key] = max(self.drain.get(key, 0.0), now + job.duration_s)
-                self.work[key].append((job.duration_s, job.util))
-            else:
-                self.background[key] += job.util
+            self._add_work(key, end, job.duration_s or 0.0, job.util)
             self.finish[key] = _finish(now, self.work[key], self.background[key])
             self.horizon = max(self.horizon, self.finish[key])
 
