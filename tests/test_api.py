@@ -10,6 +10,8 @@ from redis import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.main import create_app
+from app.config import Settings
 from app.db.models import Job, User
 from app.db.session import transaction
 from app.services.nodes import GpuSnapshot, NodeSnapshot, publish
@@ -178,6 +180,27 @@ def test_logs_of_a_queued_job_are_empty_and_of_a_missing_attempt_404(client: Tes
     assert client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text == ""
     missing = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=2", headers=auth)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "run_not_found"
+
+
+def test_with_redis_down_submissions_are_kept_and_errors_stay_json(
+    settings: Settings, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    """SQL is the source of truth: a job submitted while Redis is down is queued (unchecked against the
+    live GPUs, which it says), shown without its waiting reason, and what needs Redis answers 503."""
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as client:
+        submitted = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 100}, headers=auth)
+        shown = client.get(f"/api/v1/jobs/{submitted.json()['id']}", headers=auth)
+        gpus = client.get("/api/v1/gpus", headers=auth)
+
+    assert submitted.status_code == 201, submitted.text
+    assert submitted.json()["warnings"] == [
+        "not checked against the live GPUs (Redis is unavailable): it waits if none can hold it"
+    ]
+    assert count_jobs(sessions) == 1
+    assert (shown.status_code, shown.json()["pending_reason"]) == (200, "unknown while Redis is unavailable")
+    assert gpus.status_code == 503
+    assert gpus.json()["error"]["code"] == "redis_unavailable"
 
 
 def test_only_admins_create_users(

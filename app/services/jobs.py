@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -88,7 +89,11 @@ def spec_of(job: Job) -> dict[str, Any]:
 def to_outs(session: Session, redis: Redis, jobs: Sequence[Job]) -> list[JobOut]:
     """Jobs as the API shows them: with the request their history suggests and, while queued, why."""
     peaks = sizing.past_peaks(session, sorted({job.fingerprint for job in jobs if job.fingerprint}))
-    waiting = waiting_of(redis, [job.id for job in jobs if job.status is JobStatus.QUEUED])
+    queued = [job.id for job in jobs if job.status is JobStatus.QUEUED]
+    try:
+        waiting = waiting_of(redis, queued)
+    except RedisError:  # the jobs are in SQL; only why they wait is not known now
+        waiting = dict.fromkeys(queued, ("unknown while Redis is unavailable", None))
     return [to_out(job, sizing.suggest(peaks.get(job.fingerprint or "", [])), waiting.get(job.id)) for job in jobs]
 
 
@@ -130,11 +135,15 @@ def submit_many(
 ) -> list[Submitted | VramqError]:
     """Validate each submission against the live GPUs, its history and its user's queued quota, and queue
     the valid ones; one refused submission (its VramqError in the result) does not refuse the others.
-    A batch costs one history query, one quota query and one INSERT, whatever its size."""
+    A batch costs one history query, one quota query and one INSERT, whatever its size. With Redis down
+    the live GPUs are unknown: the jobs are queued unchecked, with a warning that says so."""
     base_dir = Path.cwd()  # relative script paths resolve against this process's cwd
     fingerprints = [sizing.fingerprint(s.user.name, s.spec.command, s.spec.workdir, base_dir) for s in submissions]
     peaks = sizing.past_peaks(session, sorted(set(fingerprints)))
-    nodes = live_nodes(redis)
+    try:
+        nodes: list[NodeSnapshot] | None = live_nodes(redis)
+    except RedisError:  # SQL is the source of truth: queue it, the scheduler dispatches once Redis is back
+        nodes = None
     queued: dict[int, int] = {}
     if settings.quota_queued is not None:
         users = sorted({s.user.id for s in submissions})
@@ -186,7 +195,11 @@ def submit(session: Session, redis: Redis, submission: Submission, settings: Set
 
 
 def _job_columns(
-    submission: Submission, fingerprint: str, suggested: int | None, nodes: Sequence[NodeSnapshot], margin_mb: int
+    submission: Submission,
+    fingerprint: str,
+    suggested: int | None,
+    nodes: Sequence[NodeSnapshot] | None,
+    margin_mb: int,
 ) -> dict[str, Any]:
     spec = submission.spec
     if submission.right_size and suggested is not None:
@@ -204,7 +217,10 @@ def _job_columns(
         )
     vram_mb = spec.vram_mb if isinstance(spec.vram_mb, int) else suggested
     assert vram_mb is not None
-    check_satisfiable(nodes, vram_mb, spec.gpus, margin_mb)
+    if nodes is None:
+        warnings.append("not checked against the live GPUs (Redis is unavailable): it waits if none can hold it")
+    else:
+        check_satisfiable(nodes, vram_mb, spec.gpus, margin_mb)
     return {
         "user_id": submission.user.id,
         "name": spec.name,

@@ -51,9 +51,9 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
     users = {
         name: {
             "jobs": jobs_of[name],
-            "mean_jct_s": statistics.fmean(u["jct"]) if u["jct"] else None,
-            "mean_wait_s": statistics.fmean(u["wait"]) if u["wait"] else None,
-            "mean_slowdown": statistics.fmean(u["slowdown"]) if u["slowdown"] else None,
+            "mean_jct_s": round(statistics.fmean(u["jct"]), 1) if u["jct"] else None,
+            "mean_wait_s": round(statistics.fmean(u["wait"]), 1) if u["wait"] else None,
+            "mean_slowdown": round(statistics.fmean(u["slowdown"]), 4) if u["slowdown"] else None,
         }
         for name, u in sorted(per_user.items())
     }
