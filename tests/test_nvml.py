@@ -13,8 +13,13 @@ from worker.gpu.nvml import NvmlBackend
 MIB = 1 << 20
 
 
+NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_NOT_FOUND = 3, 6
+
+
 class NVMLError(Exception):
-    pass
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.value = value  # as pynvml's: the NVML return code
 
 
 @dataclass
@@ -30,7 +35,21 @@ class ProcessInfo:
     usedGpuMemory: int | None  # noqa: N815 - NVML's name
 
 
-def fake_pynvml(*, fail_init: bool = False, fail_processes_on: int | None = None) -> types.ModuleType:
+@dataclass
+class UtilSample:
+    pid: int
+    smUtil: int  # noqa: N815 - NVML's name
+    timeStamp: int  # noqa: N815
+
+
+def fake_pynvml(
+    *,
+    fail_init: bool = False,
+    fail_processes_on: int | None = None,
+    utilisation: dict[int, list[UtilSample] | int] | None = None,
+) -> types.ModuleType:
+    """Two GPUs; `utilisation`: per GPU, its process utilisation samples or the error code NVML gives
+    (without it, the library predates the call)."""
     module = types.ModuleType("pynvml")
     devices = [
         {
@@ -58,6 +77,16 @@ def fake_pynvml(*, fail_init: bool = False, fail_processes_on: int | None = None
             raise NVMLError("Not Supported")
         return devices[handle]["compute"]
 
+    def process_utilisation(handle: int, last_seen: int) -> list[UtilSample]:
+        assert utilisation is not None and last_seen == 0
+        found = utilisation[handle]
+        if isinstance(found, int):
+            raise NVMLError(found)
+        return found
+
+    if utilisation is not None:
+        module.nvmlDeviceGetProcessUtilization = process_utilisation  # type: ignore[attr-defined]
+    module.NVML_ERROR_NOT_FOUND = NVML_ERROR_NOT_FOUND  # type: ignore[attr-defined]
     module.NVMLError = NVMLError  # type: ignore[attr-defined]
     module.nvmlInit = init  # type: ignore[attr-defined]
     module.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
@@ -117,3 +146,20 @@ def test_a_failing_query_is_skipped_not_fatal(install) -> None:  # noqa: ANN001
     install(fake_pynvml(fail_processes_on=0))
 
     assert NvmlBackend().processes() == [GpuProcess(200, 1, 300)]
+
+
+def test_each_process_gets_its_newest_utilisation_sample_and_an_idle_one_zero(install) -> None:  # noqa: ANN001
+    samples = [UtilSample(100, 40, timeStamp=2_000), UtilSample(100, 90, timeStamp=1_000)]
+    install(fake_pynvml(utilisation={0: samples, 1: NVML_ERROR_NOT_FOUND}))
+
+    utils = {p.pid: p.util for p in NvmlBackend().processes()}
+
+    assert utils == {100: 0.4, 101: 0.0, 200: 0.0}  # 101 absent from the samples, GPU 1 had none: idle
+
+
+def test_a_gpu_that_cannot_tell_utilisation_leaves_it_unknown(install) -> None:  # noqa: ANN001
+    install(fake_pynvml(utilisation={0: NVML_ERROR_NOT_SUPPORTED, 1: [UtilSample(200, 70, timeStamp=5)]}))
+
+    utils = {p.pid: p.util for p in NvmlBackend().processes()}
+
+    assert utils == {100: None, 101: None, 200: 0.7}

@@ -63,19 +63,28 @@ class NvmlBackend:
                 for info in infos:
                     used = info.usedGpuMemory
                     found[info.pid, index] = GpuProcess(info.pid, index, used // MIB if used else 0)
-            for pid, util in self._utilisation(handle).items():
-                if (pid, index) in found:
-                    found[pid, index] = replace(found[pid, index], util=util)
+            utils = self._utilisation(handle)
+            if utils is not None:
+                for (pid, gpu), process in found.items():
+                    if gpu == index:
+                        found[pid, gpu] = replace(process, util=utils.get(pid, 0.0))
         return list(found.values())
 
-    def _utilisation(self, handle: object) -> dict[int, float]:
-        """Per-process SM utilisation over the driver's recent samples (not every GPU supports it)."""
+    def _utilisation(self, handle: object) -> dict[int, float] | None:
+        """Per-process SM utilisation: each process's newest sample in the driver's buffer. NVML lists only
+        processes that were busy in it, so one on the GPU but not listed was idle (0), and NOT_FOUND means
+        all were; None: this GPU cannot tell."""
         nvml = self._nvml
         try:
             samples = nvml.nvmlDeviceGetProcessUtilization(handle, 0)
-        except (nvml.NVMLError, AttributeError):
-            return {}
-        return {sample.pid: min(1.0, sample.smUtil / 100) for sample in samples}
+        except AttributeError:
+            return None
+        except nvml.NVMLError as exc:
+            return {} if getattr(exc, "value", None) == nvml.NVML_ERROR_NOT_FOUND else None
+        newest: dict[int, float] = {}
+        for sample in sorted(samples, key=lambda s: s.timeStamp):
+            newest[sample.pid] = min(1.0, sample.smUtil / 100)
+        return newest
 
     def close(self) -> None:
         with contextlib.suppress(self._nvml.NVMLError):
