@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -305,11 +306,13 @@ def submit(
     }
     job = _call("POST", "/api/v1/jobs", json={k: v for k, v in body.items() if v is not None}).json()
     typer.echo(f"job {job['id']} {job['status']}")
+    for warning in job["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("ls")
 def list_jobs(status: str | None = None, user: str | None = None, limit: int = 20) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first; a queued one with why it waits and, when known, when it may start."""
     params = {k: v for k, v in {"status": status, "user": user, "limit": limit}.items() if v is not None}
     for job in _call("GET", "/api/v1/jobs", params=params).json():
         where = f"{job['node']}:{job['gpu_indices']}" if job["node"] else "-"
@@ -318,6 +321,10 @@ def list_jobs(status: str | None = None, user: str | None = None, limit: int = 2
             f"{job['id']:>6}  {job['user']:<12} {job['status'] + reason:<24} {job['vram_mb']:>7} MB  "
             f"{where:<16} {job['name'] or ' '.join(job['command'])[:40]}"
         )
+        if job["pending_reason"]:
+            start = job["estimated_start"]
+            when = f" (estimated start {datetime.fromisoformat(start).astimezone():%Y-%m-%d %H:%M:%S})" if start else ""
+            typer.echo(f"{'':8}waiting: {job['pending_reason']}{when}")
 
 
 @app.command()

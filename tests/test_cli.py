@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -68,3 +69,30 @@ def test_researcher_commands(settings: Settings, api_url: str, cluster: Cluster,
     assert refused.returncode == 1 and "vram_unsatisfiable" in refused.stderr
     finished = vramq(settings, "cancel", str(job_id), **client)
     assert finished.returncode == 1 and "job_finished" in finished.stderr
+
+
+def test_the_cli_says_why_a_job_waits_and_passes_on_warnings(
+    settings: Settings, api_url: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    token = vramq(settings, "user", "add", "gina").stdout.strip().splitlines()[-1]
+    client = {"VRAMQ_API_URL": api_url, "VRAMQ_TOKEN": token}
+    (tmp_path / "small.py").write_text("import time, vramq_sim; vramq_sim.use(300); time.sleep(1)\n")
+    small = ["--workdir", str(tmp_path), "--", "python", "small.py"]
+    first = vramq(settings, "submit", "--vram", "1000", *small, **client)
+    cluster.wait(int(first.stdout.split()[1]))  # a history: it peaked at 300 MB
+
+    blocker = vramq(settings, "submit", "--vram", "6000", "--time-limit", "60", "--", "sleep", "30", **client)
+    oversized = vramq(settings, "submit", "--vram", "4000", *small, **client)
+    waiting_id = oversized.stdout.split()[1]
+    deadline = time.monotonic() + 10
+    while "waiting: needs" not in (listed := vramq(settings, "ls", **client).stdout) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    assert "more than 2x what earlier runs of this job needed" in oversized.stderr
+    assert oversized.stderr.startswith("warning: 4000 MB requested")
+    rows = listed.splitlines()
+    waiting_line = rows[rows.index(next(r for r in rows if r.lstrip().startswith(waiting_id))) + 1]
+    assert waiting_line.lstrip().startswith("waiting: needs 4000 MB on one GPU; most available now: 2192 MB")
+    assert "(estimated start " in waiting_line  # the blocker's time limit dates it
+    for job_id in (blocker.stdout.split()[1], waiting_id):
+        vramq(settings, "cancel", job_id, **client)
