@@ -145,6 +145,64 @@ def test_backfill_never_delays_the_reserved_head() -> None:
     assert "held for job 1" in decision.waiting[3].reason
 
 
+@pytest.mark.parametrize("config", [PolicyConfig(), PolicyConfig(critical_share=None)], ids=["default", "backfill"])
+def test_the_reserved_job_fits_at_its_reserved_time_whatever_was_backfilled(config: PolicyConfig) -> None:
+    """The bound on random states: with run times that are limits (a job ends by then, as a time limit
+    makes it), once one decision has placed what it places, the job given a reservation at T still finds
+    room at T: memory that running jobs release by T, less what placed jobs may still hold then."""
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(400):
+        nodes, running = [], []
+        for n in range(rng.choice([1, 2])):
+            gpus = []
+            for index in range(rng.randint(1, 4)):
+                used = util = 0.0
+                while rng.random() < 0.6 and used < 20000:
+                    vram = rng.randint(1000, 12000)
+                    if used + vram > 24000:
+                        break
+                    end = rng.uniform(10, 1000) if rng.random() < 0.9 else None
+                    running.append(RunningJob(f"n{n}", (index,), vram, rng.uniform(0.1, 0.9), end))
+                    used, util = used + vram, util + running[-1].util
+                gpus.append(GpuState(index, int(24000 - used), util))
+            nodes.append(NodeState(f"n{n}", 100, tuple(gpus)))
+        pending = [
+            PendingJob(
+                i,
+                rng.choice([rng.randint(500, 6000), rng.randint(6000, 24000)]),
+                gpus=rng.choice([1, 1, 1, 2]),
+                submitted=rng.uniform(0, 100),
+                user=rng.choice("abc"),
+                util=rng.uniform(0.1, 0.9),
+                duration_s=rng.uniform(10, 2000) if rng.random() < 0.9 else None,
+            )
+            for i in range(rng.randint(5, 30))
+        ]
+
+        decision = schedule(pending, nodes, now=0, running=running, config=config)
+
+        reserved = [(i, w.estimated_start) for i, w in decision.waiting.items() if w.estimated_start is not None]
+        if not reserved:
+            continue
+        [(head_id, start)] = reserved  # one reservation per decision
+        head = pending[head_id]
+        free = {(state.name, gpu.index): gpu.available_mb for state in nodes for gpu in state.gpus}
+        for job in running:
+            if job.expected_end is not None and job.expected_end <= start:
+                for index in job.gpu_indices:
+                    free[job.node, index] += job.vram_mb
+        for placement in decision.placements:
+            job = pending[placement.job_id]
+            if job.duration_s is None or job.duration_s > start:
+                for index in placement.gpu_indices:
+                    free[placement.node, index] -= job.vram_mb
+        roomy = [sum(free[state.name, g.index] >= head.vram_mb for g in state.gpus) for state in nodes]
+        assert max(roomy) >= head.gpus, (head, start, decision.placements)
+        checked += 1
+    assert checked > 50  # the seed gives enough states with a reservation to mean something
+
+
 def test_without_known_ends_the_held_gpu_takes_no_backfill() -> None:
     running = [RunningJob("a", (0,), 16000, expected_end=None)]
     nodes = [NodeState("a", 8, (GpuState(0, 8000), GpuState(1, 3000)))]
