@@ -11,7 +11,8 @@ import statistics
 import time
 
 from app.scheduler.forecast import BUDGET_S, forecast
-from app.scheduler.policy import GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState, schedule
+from app.scheduler.policy import schedule
+from app.scheduler.state import GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState
 
 
 def main() -> None:

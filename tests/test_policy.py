@@ -6,7 +6,8 @@ import random
 import pytest
 
 from app.scheduler.forecast import forecast
-from app.scheduler.policy import GpuState, NodeState, PendingJob, place
+from app.scheduler.policy import place
+from app.scheduler.state import GpuState, NodeState, PendingJob
 
 
 def node(name: str, *available: int, slots: int = 8) -> NodeState:
@@ -68,7 +69,8 @@ def test_random_placements_never_over_commit() -> None:
 # --- fair share, quotas, backfill, reasons -------------------------------------------------------
 
 from app.scheduler.fairshare import DecayedUsage, decayed_gb_hours  # noqa: E402
-from app.scheduler.policy import PolicyConfig, Quotas, RunningJob, UserState, critical_path, schedule  # noqa: E402
+from app.scheduler.policy import critical_path, schedule  # noqa: E402
+from app.scheduler.state import PolicyConfig, Quotas, RunningJob, UserState  # noqa: E402
 
 
 def test_decayed_usage_halves_each_half_life() -> None:

@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from app.scheduler.policy import NodeState, PendingJob, PolicyConfig, RunningJob, UserState, schedule
+from app.scheduler.policy import schedule
+from app.scheduler.state import NodeState, PendingJob, PolicyConfig, RunningJob, UserState
 
 MAX_STEPS = 100  # replayed moments at most
 BUDGET_S = 0.25  # and at most this long: a step costs a scheduling decision (~2-8 ms with 1,000 queued)

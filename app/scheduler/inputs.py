@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, Run, User
 from app.scheduler.fairshare import decayed_gb_hours
-from app.scheduler.policy import DEFAULT_UTIL, PendingJob, RunningJob, UserState
+from app.scheduler.state import DEFAULT_UTIL, PendingJob, RunningJob, UserState
 from app.services.progress import Progress
 from app.services.sizing import recent_runs
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job
 from app.enums import ACTIVE
-from app.scheduler.policy import GpuState, NodeState, RunningJob
+from app.scheduler.state import GpuState, NodeState, RunningJob
 from app.services.nodes import NodeSnapshot
 
 

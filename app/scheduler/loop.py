@@ -32,7 +32,8 @@ from app.enums import FailureReason, JobStatus
 from app.scheduler import inputs
 from app.scheduler.forecast import forecast
 from app.scheduler.ledger import active_jobs, node_states, reservations_of
-from app.scheduler.policy import Placement, PolicyConfig, Quotas, Wait, schedule
+from app.scheduler.policy import schedule
+from app.scheduler.state import Placement, PolicyConfig, Quotas, Wait
 from app.services import progress, transitions
 from app.services.nodes import NodeSnapshot, live_nodes
 from app.services.waiting import publish_waiting

@@ -9,7 +9,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from app.constants import PENDING_KEY, SCHEDULER_WAKE_KEY
-from app.scheduler.policy import Wait
+from app.scheduler.state import Wait
 
 
 def publish_waiting(redis: Redis, waiting: Mapping[int, Wait]) -> None:

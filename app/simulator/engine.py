@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.scheduler.fairshare import DecayedUsage
-from app.scheduler.policy import GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState, schedule
+from app.scheduler.policy import schedule
+from app.scheduler.state import GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState
 from app.services.sizing import grown_request
 from app.simulator.trace import TraceJob
 

@@ -1,0 +1,257 @@
+"""One decision's working copy of the cluster, charged as placements are made, and the reservations in
+time that backfill must respect (see policy.py)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.scheduler.state import NodeState, PendingJob, Placement, RunningJob
+
+
+@dataclass
+class Reservation:
+    """The head job's claim on future capacity: what its GPUs will hold at `start`."""
+
+    job: PendingJob
+    node: str
+    gpus: tuple[int, ...]
+    start: float | None  # None: unknown (a running job there has no expected end)
+    free_at_start: dict[int, int]
+    util_at_start: dict[int, float]
+
+
+class Cluster:
+    """Mutable working copy of the state, charged as placements are made."""
+
+    def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob], now: float) -> None:
+        self.nodes = {node.name: node for node in nodes}
+        self.free = {(n.name, g.index): g.available_mb for n in nodes for g in n.gpus}
+        self.util = {(n.name, g.index): g.util for n in nodes for g in n.gpus}
+        self.slots = {n.name: n.free_slots for n in nodes}
+        self.running = list(running)
+        self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job: never pushed past 1.0
+        self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
+        self.ranked = {n.name: self._ranked(n.name) for n in nodes}  # each node's free memory, largest first
+        self.most_free = max(self.free.values(), default=0)
+        self.version = 0  # bumped by every placement: cached explanations are stale after one
+        self.reasons: dict[tuple, str] = {}
+        self.blocked = "memory"  # what the last failed best_fit lacked
+        self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
+        self.work: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in self.free}
+        self.background = dict.fromkeys(self.free, 0.0)  # load of jobs with unknown ends
+        for job in self.running:
+            load = max((self.util.get((job.node, i), 0.0) for i in job.gpu_indices), default=0.0)
+            left = max(0.0, job.expected_end - now) / max(1.0, load) if job.expected_end is not None else 0.0
+            for index in job.gpu_indices:
+                if (job.node, index) in self.free:
+                    self._add_work((job.node, index), job.expected_end, left, job.util)
+        self.finish = {k: finish_time(now, self.work[k], self.background[k]) for k in self.free}
+        self.horizon = max(self.finish.values(), default=now)
+
+    def _add_work(self, key: tuple[str, int], end: float | None, left: float, util: float) -> None:
+        """A job on the GPU: known work (`left` solo seconds, ending at `end`), or with `end` unknown, a load
+        that never drains."""
+        if end is None:
+            self.background[key] += util
+        else:
+            self.drain[key] = max(self.drain.get(key, 0.0), end)
+            self.work[key].append((left, util))
+
+    def _ranked(self, node: str) -> list[int]:
+        return sorted((self.free[node, g.index] for g in self.nodes[node].gpus), reverse=True)
+
+    def ok(self, job: PendingJob, key: tuple[str, int], cap: float | None, critical: bool) -> bool:
+        if self.free[key] < job.vram_mb or key in self.avoid:
+            return False
+        if critical or cap is None:
+            return True
+        load = self.util[key] + job.util
+        return load <= (1.0 if key in self.protected else cap)
+
+    def fitting(self, job: PendingJob, node: str, cap: float | None, now: float, critical: bool = False) -> list[tuple]:
+        """(preference..., index) of the node's GPUs that can take the job now, best first.
+
+        A critical job (its run time is known) takes the GPU where it raises the projected end of all
+        known work least, then where it ends soonest. Others take the GPU whose known work outlasts
+        them (so GPUs of short jobs drain together and a big job finds one empty), then the tightest
+        memory fit.
+        """
+        keys = [(node, gpu.index) for gpu in self.nodes[node].gpus]
+        if critical and job.duration_s is not None:
+            ranked = []
+            for k in keys:
+                if self.ok(job, k, cap, True):
+                    raised = max(self.horizon, self.projected(job, k, now))
+                    ranked.append((raised, self.projected(job, k, now, own=True), self.free[k], k[1]))
+            return sorted(ranked)
+        fitting = []
+        for k in keys:
+            if self.ok(job, k, cap, False):
+                end = now + job.duration_s * max(1.0, self.util[k] + job.util) if job.duration_s is not None else now
+                fitting.append((max(0.0, end - self.drain.get(k, now)), self.free[k], k[1]))
+        return sorted(fitting)
+
+    def best_fit(self, job: PendingJob, cap: float | None, now: float, critical: bool = False) -> Placement | None:
+        """The best placement now, or None with `self.blocked` saying what is short: memory, slots, compute."""
+        self.blocked = "memory"
+        if job.vram_mb > self.most_free:
+            return None  # the common case with a long queue: nothing has room
+        best: tuple[tuple, Placement] | None = None
+        for name in self.nodes:
+            ranked = self.ranked[name]
+            if len(ranked) < job.gpus or ranked[job.gpus - 1] < job.vram_mb:
+                continue
+            if self.slots[name] < 1:
+                self.blocked = "slots" if self.blocked == "memory" else self.blocked
+                continue
+            self.blocked = "compute"
+            fitting = self.fitting(job, name, cap, now, critical)
+            if len(fitting) < job.gpus:
+                continue
+            chosen = fitting[: job.gpus]
+            score = (tuple(sum(c[i] for c in chosen) for i in range(len(chosen[0]) - 1)), name)
+            if best is None or score < best[0]:
+                best = (score, Placement(job.id, name, tuple(sorted(c[-1] for c in chosen))))
+        return best[1] if best else None
+
+    def projected(self, job: PendingJob, key: tuple[str, int], now: float, own: bool = False) -> float:
+        """When the GPU's known work would end with `job` added; with `own`, when `job` would."""
+        assert job.duration_s is not None
+        work = self.work[key]
+        if own:  # the others' work beyond the job's own end does not delay it
+            work = [(min(left, job.duration_s), util) for left, util in work]
+        return finish_time(now, [*work, (job.duration_s, job.util)], self.background[key])
+
+    def take(self, job: PendingJob, placement: Placement, now: float, critical: bool = False) -> None:
+        self.slots[placement.node] -= 1
+        for index in placement.gpu_indices:
+            self.free[placement.node, index] -= job.vram_mb
+            self.util[placement.node, index] += job.util
+            if critical:
+                self.protected.add((placement.node, index))
+        self.ranked[placement.node] = self._ranked(placement.node)
+        self.most_free = max(self.free.values(), default=0)
+        self.version += 1
+        end = now + job.duration_s if job.duration_s is not None else None
+        self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
+        for index in placement.gpu_indices:
+            key = (placement.node, index)
+            self._add_work(key, end, job.duration_s or 0.0, job.util)
+            self.finish[key] = finish_time(now, self.work[key], self.background[key])
+            self.horizon = max(self.horizon, self.finish[key])
+
+
+def finish_time(now: float, work: list[tuple[float, float]], background: float) -> float:
+    """When a GPU's known work ends under processor sharing: its jobs (solo seconds left, utilisation)
+    all progress at one rate, 1/max(1, load), so they end in order of work left."""
+    end, done, load = now, 0.0, background + sum(util for _, util in work)
+    for left, util in sorted(work):
+        end += (left - done) * max(1.0, load)
+        done, load = left, load - util
+    return end
+
+
+def reserve(cluster: Cluster, job: PendingJob, now: float, cap: float | None) -> Reservation | None:
+    """The earliest moment and GPUs at which `job` fits, from running jobs' expected ends."""
+    best: Reservation | None = None
+    for name, node in cluster.nodes.items():
+        if len(node.gpus) < job.gpus:
+            continue
+        ends = sorted({r.expected_end for r in cluster.running if r.node == name and r.expected_end is not None})
+        for moment in [now, *ends]:
+            free, util = _at(cluster, name, moment)
+            ready = sorted((free[i], i) for i in free if free[i] >= job.vram_mb and (cap is None or util[i] < cap))
+            if len(ready) >= job.gpus:
+                if best is None or best.start is None or moment < best.start:
+                    gpus = tuple(sorted(i for _, i in ready[: job.gpus]))
+                    best = Reservation(job, name, gpus, moment, free, util)
+                break
+    if best is not None:
+        return best
+    # No known end frees enough: hold the GPUs closest to fitting, among those that ever could (with
+    # every running job gone), until the jobs with unknown ends leave.
+    candidates = []
+    for name in cluster.nodes:
+        potential = _potential(cluster, name)
+        able = sorted((i for i in potential if potential[i] >= job.vram_mb), key=lambda i: -cluster.free[name, i])
+        if len(able) >= job.gpus:
+            chosen = tuple(sorted(able[: job.gpus]))
+            candidates.append((sum(cluster.free[name, i] for i in chosen), name, chosen))
+    if not candidates:
+        return None  # it cannot fit anywhere while the foreign memory stays
+    _, name, chosen = max(candidates)
+    free, util = _at(cluster, name, float("inf"))
+    return Reservation(job, name, chosen, None, free, util)
+
+
+def sooner_later(cluster: Cluster, job: PendingJob, placement: Placement, now: float) -> Reservation | None:
+    """A reservation where the critical `job` ends sooner than on `placement` now, by waiting for running
+    jobs to end instead of sharing compute with a long one; None: starting now is best."""
+    assert job.duration_s is not None
+    end_now = max(cluster.projected(job, (placement.node, i), now) for i in placement.gpu_indices)
+    if end_now <= max(cluster.horizon, now + job.duration_s) * (1 + 1e-9):
+        return None  # starting now sets no new end
+    best: tuple[float, Reservation] | None = None
+    for name, node in cluster.nodes.items():
+        if len(node.gpus) < job.gpus:
+            continue
+        ends = {r.expected_end for r in cluster.running if r.node == name and r.expected_end is not None}
+        for moment in sorted(end for end in ends if end > now):
+            if moment + job.duration_s >= end_now:
+                break
+            free, util = _at(cluster, name, moment)
+            ready = sorted((util[i], i) for i in free if free[i] >= job.vram_mb)[: job.gpus]
+            if len(ready) < job.gpus:
+                continue
+            end = max(
+                max(moment + job.duration_s * max(1.0, load + job.util), cluster.finish[name, i]) for load, i in ready
+            )
+            if end < end_now and (best is None or end < best[0]):
+                best = (end, Reservation(job, name, tuple(sorted(i for _, i in ready)), moment, free, util))
+    return best[1] if best else None
+
+
+def _potential(cluster: Cluster, node: str) -> dict[int, int]:
+    """Free memory of a node's GPUs if every running job there ended."""
+    free = {g.index: cluster.free[node, g.index] for g in cluster.nodes[node].gpus}
+    for job in cluster.running:
+        if job.node == node:
+            for index in job.gpu_indices:
+                free[index] += job.vram_mb
+    return free
+
+
+def _at(cluster: Cluster, node: str, moment: float) -> tuple[dict[int, int], dict[int, float]]:
+    """Free memory and compute load of a node's GPUs once the jobs expected to end by `moment` have."""
+    free = {g.index: cluster.free[node, g.index] for g in cluster.nodes[node].gpus}
+    util = {g.index: cluster.util[node, g.index] for g in cluster.nodes[node].gpus}
+    for job in cluster.running:
+        if job.node == node and job.expected_end is not None and job.expected_end <= moment:
+            for index in job.gpu_indices:
+                free[index] += job.vram_mb
+                util[index] -= job.util
+    return free, util
+
+
+def respecting(
+    cluster: Cluster, job: PendingJob, placement: Placement, reservation: Reservation, now: float, cap: float | None
+) -> Placement | None:
+    """`placement` if it cannot delay the reserved head job, else None (a backfill that would)."""
+    if placement.node != reservation.node or not set(placement.gpu_indices) & set(reservation.gpus):
+        return placement
+    if reservation.start is not None and job.duration_s is not None:
+        # Sharing compute slows it: judge its end at the load it would run under.
+        load = max(cluster.util[placement.node, i] + job.util for i in placement.gpu_indices)
+        if now + job.duration_s * max(1.0, load) <= reservation.start:
+            return placement
+    head = reservation.job
+    for index in set(placement.gpu_indices) & set(reservation.gpus):
+        if reservation.start is None:
+            return None
+        room = reservation.free_at_start[index] - job.vram_mb
+        load = reservation.util_at_start[index] + job.util
+        if room < head.vram_mb or (cap is not None and load >= cap):
+            return None
+    for index in set(placement.gpu_indices) & set(reservation.gpus):
+        reservation.free_at_start[index] -= job.vram_mb
+        reservation.util_at_start[index] += job.util
+    return placement

@@ -1,0 +1,84 @@
+"""What the scheduling policy reads and returns: plain data, the same for the live scheduler and
+the simulator."""
+
+from dataclasses import dataclass, field
+
+DEFAULT_UTIL = 0.5  # Lucid's median solo utilisation (48%), for a job with no history yet
+
+
+@dataclass(frozen=True)
+class GpuState:
+    index: int
+    available_mb: int  # total - reservations - foreign memory - safety margin
+    util: float = 0.0  # expected compute load of the jobs reserved on it (sum of their utilisations)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    free_slots: int  # workers that can start one more job now
+    gpus: tuple[GpuState, ...]
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    id: int
+    vram_mb: int
+    gpus: int = 1
+    priority: int = 0
+    submitted: float = 0.0
+    user: str = ""
+    util: float = DEFAULT_UTIL
+    duration_s: float | None = None  # expected run time (its time limit, or history); None: unknown
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    node: str
+    gpu_indices: tuple[int, ...]
+    vram_mb: int
+    util: float = DEFAULT_UTIL
+    expected_end: float | None = None  # None: unknown (no time limit, progress or history, or past them)
+
+
+@dataclass(frozen=True)
+class UserState:
+    usage: float = 0.0  # reserved VRAM GB-hours, exponentially decayed (fairshare.py)
+    running: int = 0
+    reserved_mb: int = 0
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-user limits on what may run at once (None: unlimited)."""
+
+    running: int | None = None
+    reserved_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    fair_share: bool = True
+    backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
+    compute_cap: float | None = 1.6  # expected compute load a GPU may reach (tuned: bench/policies.py)
+    critical_share: float | None = 0.9  # jobs this long relative to the packed work ahead start first
+    quotas: Quotas = Quotas()
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: int
+    node: str
+    gpu_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+    estimated_start: float | None = None
+
+
+@dataclass
+class Decision:
+    placements: list[Placement] = field(default_factory=list)
+    waiting: dict[int, Wait] = field(default_factory=dict)
