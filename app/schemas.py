@@ -134,6 +134,7 @@ class RunOut(BaseModel):
     exit_code: int | None
     failure_reason: FailureReason | None
     peak_vram_mb: int | None
+    util: float | None  # mean GPU compute utilisation measured over the attempt, once it has ended
     reserved_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

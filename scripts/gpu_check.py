@@ -74,9 +74,11 @@ def main() -> int:
     for job in jobs:
         runs = call("GET", f"/api/v1/jobs/{job['id']}/runs").json()
         peak = job["peak_vram_mb"]
+        util = runs[-1]["util"]  # None: this GPU gives no per-process utilisation (the policy uses history)
         print(
             f"job {job['id']} {job['name'] or 'probe'}: {job['status']} {job['failure_reason'] or ''} "
-            f"reserved {job['vram_mb']} MB, NVML peak {peak} MB, attempts {len(runs)}"
+            f"reserved {job['vram_mb']} MB, NVML peak {peak} MB, attempts {len(runs)}, "
+            f"mean NVML utilisation {'unknown' if util is None else f'{util:.2f}'}"
         )
         ok &= job["status"] == "succeeded" and (peak or 0) <= job["vram_mb"]
     log = call("GET", f"/api/v1/jobs/{probe['id']}/logs").text

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real-GPU check (needs an NVIDIA driver): NVML readings, four capped digits jobs at once whose caps sum
 # below the card, each job's NVML-measured peak against its reservation, and the measured per-process
-# overhead (NVML footprint less TensorFlow's own allocator peak). Prints figures; exits non-zero on a
-# failed job or a peak above its reservation.
+# overhead (NVML footprint less TensorFlow's own allocator peak), and each job's mean NVML per-process
+# utilisation. Prints figures; exits non-zero on a failed job or a peak above its reservation.
 #
 #   scripts/gpu_check.sh            (from the repository root; installs into .venv-gpu if needed)
 set -euo pipefail

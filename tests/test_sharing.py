@@ -80,6 +80,8 @@ def test_measured_utilisation_is_recorded(cluster: Cluster, client: TestClient, 
     with cluster.sessions() as session:
         [run] = session.scalars(select(Run).where(Run.job_id == job["id"])).all()
     assert run.util == pytest.approx(0.35)
+    [shown] = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
+    assert shown["util"] == pytest.approx(0.35)
 
 
 def test_queued_quota_refuses_and_running_quota_holds_back(
