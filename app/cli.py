@@ -375,7 +375,7 @@ def gpus() -> None:
         typer.echo(
             f"{gpu['node']}:{gpu['index']} {gpu['name']:<24} total {gpu['total_mb']:>7}  used {gpu['used_mb']:>7}  "
             f"reserved {gpu['reserved_mb']:>7}  foreign {gpu['foreign_mb']:>7}  available {gpu['available_mb']:>7}"
-            f"  jobs {gpu['jobs']}{'  (simulated)' if gpu['simulated'] else ''}"
+            f"  load {gpu['load']:.2f}  jobs {gpu['jobs']}{'  (simulated)' if gpu['simulated'] else ''}"
         )
 
 

@@ -14,7 +14,10 @@ from app.api.main import create_app
 from app.config import Settings
 from app.db.models import Job, User
 from app.db.session import transaction
+from app.enums import JobStatus
+from app.services import progress
 from app.services.nodes import GpuSnapshot, NodeSnapshot, publish
+from tests.factories import make_job, past_runs
 
 
 def publish_node(redis: Redis, node: str = "node-a", sizes: tuple[int, ...] = (8192,), foreign: int = 0) -> None:
@@ -237,6 +240,23 @@ def test_gpus_show_reservations_and_foreign_memory(client: TestClient, auth: dic
         (g["node"], g["index"], g["total_mb"], g["foreign_mb"], g["reserved_mb"], g["available_mb"]) for g in gpus
     ] == [("node-a", 0, 8192, 1000, 0, 7192), ("node-a", 1, 16384, 1000, 0, 15384)]
     assert set(gpus[0]) >= {"uuid", "name", "used_mb", "free_mb", "simulated", "jobs"}
+
+
+def test_gpus_show_the_compute_load_the_scheduler_packs_by(
+    client: TestClient, auth: dict[str, str], redis: Redis, sessions: sessionmaker[Session]
+) -> None:
+    """Per GPU, its jobs' loads: measured while running, else from history, else 0.5."""
+    publish_node(redis, sizes=(8192, 16384))
+    past_runs(sessions, "light", 100, outcome=JobStatus.SUCCEEDED, util=0.3)
+    running = {"status": JobStatus.RUNNING, "node": "node-a", "attempt": 1}
+    make_job(sessions, fingerprint="light", gpu_indices=[0], **running)
+    measured = make_job(sessions, gpu_indices=[0], **running)
+    progress.publish_load(redis, measured.id, 1, 0.8)
+    make_job(sessions, gpu_indices=[1], status=JobStatus.DISPATCHED, node="node-a")
+
+    gpus = client.get("/api/v1/gpus", headers=auth).json()
+
+    assert [g["load"] for g in gpus] == [1.1, 0.5]
 
 
 def test_only_the_owner_or_an_admin_cancels(

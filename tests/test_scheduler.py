@@ -20,7 +20,7 @@ from app.scheduler.loop import LeaderLock, Scheduler
 from app.services import progress, transitions
 from app.services.progress import Progress
 from app.services.waiting import waiting_of
-from tests.factories import make_job
+from tests.factories import make_job, past_runs
 from tests.test_api import publish_node
 
 
@@ -202,20 +202,6 @@ def test_jobs_on_a_dead_node_are_lost(scheduler: Scheduler, sessions: sessionmak
 
     gone = reload(sessions, job.id)
     assert (gone.status, gone.failure_reason) == (JobStatus.FAILED, FailureReason.LOST)
-
-
-def past_runs(
-    sessions: sessionmaker[Session], fingerprint: str, *seconds: float, outcome: JobStatus, util: float | None = None
-) -> None:
-    """Finished runs of a fingerprint that took these many seconds (at this measured utilisation)."""
-    job = make_job(sessions, fingerprint=fingerprint, status=outcome)
-    end = utcnow() - timedelta(hours=1)
-    with transaction(sessions) as session:
-        for attempt, length in enumerate(seconds, 1):
-            run = Run(job_id=job.id, attempt=attempt, node="node-a", gpu_indices=[0], vram_mb=1000, outcome=outcome)
-            run.fingerprint, run.started_at, run.finished_at = fingerprint, end - timedelta(seconds=length), end
-            run.util = util
-            session.add(run)
 
 
 def test_without_a_time_limit_a_queued_job_is_expected_to_run_as_long_as_its_history(

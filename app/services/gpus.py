@@ -1,15 +1,29 @@
 """The cluster's GPUs as researchers see them: NVML readings beside vramq's reservations."""
 
+from collections import defaultdict
+
 from redis import Redis
 from sqlalchemy.orm import Session
 
+from app.db.models import utcnow
+from app.enums import JobStatus
+from app.scheduler import inputs
 from app.scheduler.ledger import active_jobs, available_mb, reservations_of
 from app.schemas import ForeignProcess, GpuOut
+from app.services import progress
 from app.services.nodes import live_nodes
 
 
 def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
-    reservations = reservations_of(active_jobs(session))
+    active = active_jobs(session)
+    reservations = reservations_of(active)
+    # The compute load the scheduler packs by: each job's measured load while it runs, else its history's.
+    attempts = [(job.id, job.attempt) for job in active if job.status is JobStatus.RUNNING]
+    history = inputs.History.of(session, active)
+    loads: dict[tuple[str, int], float] = defaultdict(float)
+    for job in inputs.running_jobs(active, history, utcnow(), loads=progress.read_loads(redis, attempts)):
+        for index in job.gpu_indices:
+            loads[job.node, index] += job.util
     return [
         GpuOut(
             node=snap.node,
@@ -24,6 +38,7 @@ def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
             available_mb=available_mb(gpu.total_mb, reservations.mb[snap.node, gpu.index], gpu.foreign_mb, margin_mb),
             simulated=snap.simulated,
             jobs=sorted(reservations.jobs[snap.node, gpu.index]),
+            load=round(loads[snap.node, gpu.index], 2),
             processes=[
                 ForeignProcess(pid=p.pid, user=p.user, used_mb=p.used_mb) for p in gpu.processes if p.job_id is None
             ],
