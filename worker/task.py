@@ -225,7 +225,7 @@ def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
             progress.publish(pipe, attempt.job_id, attempt.attempt, report)
         if len(attempt.utils) >= RUN_LOAD_SAMPLES:
             recent = attempt.utils[-RUN_LOAD_SAMPLES:]
-            progress.publish_load(pipe, attempt.job_id, attempt.attempt, sum(recent) / len(recent))
+            progress.publish_load(pipe, attempt.job_id, attempt.attempt, round(sum(recent) / len(recent), 4))
         pipe.execute()
 
 
@@ -306,7 +306,7 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             next_vram_mb=next_vram_mb,
         )
         if reached is not None and attempt.utils:
-            mean_util = sum(attempt.utils) / len(attempt.utils)
+            mean_util = round(sum(attempt.utils) / len(attempt.utils), 4)
             session.execute(
                 update(Run).where(Run.job_id == job.id, Run.attempt == attempt.attempt).values(util=mean_util)
             )
