@@ -1,19 +1,23 @@
 """Counts how often `vramq` meets the issue's targets on many generated traces (held-out seeds).
 
     .venv/bin/python bench/targets.py [--seeds 1-40] [--jobs 300] [--loads 1.2,1.6,2.5] [--workers 2] [--explain]
+        [--util-unknown] [--limit-factor F]
 
 Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 and above), mean JCT at
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
 With --explain, each makespan miss names the term of the lower bound that sets it (the longest job, the
 memory area or the compute area) and the jobs that ended past the limit: "late" if it started after the
 last moment from which running alone would have met it, else "slowed" (it shared compute).
+By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
+--util-unknown makes every job a first run (utilisation 0.5 until measured running), --limit-factor F
+gives it time limits F times the true run time instead.
 """
 
 import argparse
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from app.simulator.engine import Result, Simulation
+from app.simulator.engine import Estimates, Result, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise
 from app.simulator.trace import TraceJob, bound_terms
 from app.simulator.workload import generate
@@ -40,11 +44,13 @@ def culprits(trace: list[TraceJob], result: Result, deadline: float, gpu_mb: int
     return f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3]), rows[0][2]
 
 
-def check(args: tuple[int, float, int, str, bool]) -> tuple[int, float, float, float, int, int, tuple[str, str, str]]:
-    seed, load, jobs, gpus, explain = args
+def check(
+    args: tuple[int, float, int, str, bool, Estimates],
+) -> tuple[int, float, float, float, int, int, tuple[str, str, str]]:
+    seed, load, jobs, gpus, explain, estimates = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
-    sim = Simulation(trace, sizes, policy="vramq")
+    sim = Simulation(trace, sizes, policy="vramq", estimates=estimates)
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
@@ -69,10 +75,13 @@ def main() -> None:
     parser.add_argument("--loads", default="1.2,1.6,2.5")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--explain", action="store_true", help="name the jobs behind each makespan miss")
+    parser.add_argument("--util-unknown", action="store_true", help="no utilisation history: 0.5 until measured")
+    parser.add_argument("--limit-factor", type=float, default=1.0, help="time limits this many times the run time")
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split("-"))
+    estimates = Estimates(util_known=not args.util_unknown, limit_factor=args.limit_factor)
     cases = [
-        (s, float(load), args.jobs, args.gpus, args.explain)
+        (s, float(load), args.jobs, args.gpus, args.explain, estimates)
         for load in args.loads.split(",")
         for s in range(first, last + 1)
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.simulator.engine import POLICIES, Simulation
+from app.simulator.engine import POLICIES, Estimates, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger
 from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
@@ -64,6 +64,18 @@ def test_a_light_user_is_not_stuck_behind_a_heavy_backlog() -> None:
     fifo = Simulation(heavy + light, GPUS, policy="fifo-ledger")
     fifo_starts = {a.job.job_id: a.start for a in fifo.run().attempts}
     assert min(fifo_starts[f"l{i}"] for i in range(5)) > first_free_slot  # without fair share they wait
+
+
+def test_what_the_policy_knows_of_a_queued_job_is_set_by_the_estimates() -> None:
+    """Two jobs of utilisation 0.9 share a GPU's memory easily. Known to be busy, the second waits rather
+    than take the GPU to 1.8; as first runs (0.5 each, until measured) both start and share compute."""
+    jobs = [TraceJob(f"j{i}", 0.0, "u", 6000, 5000, 1000.0, 0.9) for i in range(2)]
+
+    known = Simulation(jobs, [24576]).run()
+    first_runs = Simulation(jobs, [24576], estimates=Estimates(util_known=False)).run()
+
+    assert [(a.start, a.end) for a in known.attempts] == [(0.0, 1000.0), (1000.0, 2000.0)]
+    assert [(a.start, a.end) for a in first_runs.attempts] == [(0.0, pytest.approx(1800.0))] * 2
 
 
 def test_oom_retries_grow_the_request_under_a_ledger() -> None:

@@ -6,6 +6,10 @@ Policies `vramq` and `fifo-ledger` reserve requests in a ledger and cap each job
 whose peak is larger fails `oom` when it reaches its cap and retries with 1.5x); `exclusive` gives each
 job whole GPUs; `free-memory` starts a job when measured free memory covers its request, without a
 ledger or caps, so jobs that grow into each other are killed by OOM.
+
+What the ledger policies are told about a queued job is set by `Estimates`: by default the trace's own
+utilisation and run time, as if each job's history predicted it exactly. Running jobs' loads and ends
+are always exact, as measurement and training progress give them live.
 """
 
 import math
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 
 from app.scheduler.fairshare import DecayedUsage
 from app.scheduler.policy import schedule
-from app.scheduler.state import GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState
+from app.scheduler.state import DEFAULT_UTIL, GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState
 from app.services.sizing import grown_request
 from app.simulator.trace import TraceJob
 
@@ -25,6 +29,14 @@ CONFIGS = {
 }
 GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
 EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """What the policy knows of a queued job before it runs (live: from history and time limits)."""
+
+    util_known: bool = True  # False: every job is a first run, at DEFAULT_UTIL until measured running
+    limit_factor: float = 1.0  # its expected run time, as a time limit this many times the true one
 
 
 @dataclass
@@ -73,6 +85,7 @@ class Simulation:
         policy: str = "vramq",
         max_retries: int = 3,
         half_life_s: float = 24 * 3600,
+        estimates: Estimates = Estimates(),
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
@@ -81,6 +94,7 @@ class Simulation:
         self.nodes = nodes
         self.policy = policy
         self.max_retries = max_retries
+        self.estimates = estimates
         self.usage = DecayedUsage(half_life_s)
         self.result = Result()
         self.running: list[Attempt] = []
@@ -131,8 +145,18 @@ class Simulation:
             )
             for a in self.running
         ]
+        known = self.estimates
         pending = [
-            PendingJob(w.index, w.request_mb, w.job.gpus, 0, w.job.submit_s, w.job.user, w.job.util, w.job.duration_s)
+            PendingJob(
+                w.index,
+                w.request_mb,
+                w.job.gpus,
+                0,
+                w.job.submit_s,
+                w.job.user,
+                w.job.util if known.util_known else DEFAULT_UTIL,
+                w.job.duration_s * known.limit_factor,
+            )
             for w in self.waiting
         ]
         self.usage.advance(self.now)
