@@ -108,6 +108,11 @@ class Attempt:
     def __post_init__(self) -> None:
         self.tail = metrics.MetricsTail(self.output_dir / "metrics.jsonl")
 
+    def mean_util(self, last: int) -> float:
+        """The mean of its `last` utilisation samples (it has at least one), to 4 places."""
+        recent = self.utils[-last:]
+        return round(sum(recent) / len(recent), 4)
+
     @property
     def output_dir(self) -> Path:
         return self.dir / "output"
@@ -224,8 +229,7 @@ def _heartbeat(ctx: WorkerContext, attempt: Attempt) -> None:
         if report is not None:
             progress.publish(pipe, attempt.job_id, attempt.attempt, report)
         if len(attempt.utils) >= RUN_LOAD_SAMPLES:
-            recent = attempt.utils[-RUN_LOAD_SAMPLES:]
-            progress.publish_load(pipe, attempt.job_id, attempt.attempt, round(sum(recent) / len(recent), 4))
+            progress.publish_load(pipe, attempt.job_id, attempt.attempt, attempt.mean_util(RUN_LOAD_SAMPLES))
         pipe.execute()
 
 
@@ -306,9 +310,10 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             next_vram_mb=next_vram_mb,
         )
         if reached is not None and attempt.utils:
-            mean_util = round(sum(attempt.utils) / len(attempt.utils), 4)
             session.execute(
-                update(Run).where(Run.job_id == job.id, Run.attempt == attempt.attempt).values(util=mean_util)
+                update(Run)
+                .where(Run.job_id == job.id, Run.attempt == attempt.attempt)
+                .values(util=attempt.mean_util(len(attempt.utils)))
             )
         if reached is JobStatus.SUCCEEDED:
             _register_models(session, job, attempt)

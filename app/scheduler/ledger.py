@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job
-from app.enums import ACTIVE
+from app.enums import ACTIVE, JobStatus
 from app.scheduler.state import GpuState, NodeState, RunningJob
 from app.services.nodes import NodeSnapshot
 
@@ -25,6 +25,11 @@ class Reservations:
 def active_jobs(session: Session) -> Sequence[Job]:
     """Jobs holding a reservation: dispatched or running."""
     return session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
+
+
+def running_attempts(active: Sequence[Job]) -> list[tuple[int, int]]:
+    """(job id, attempt) of the active jobs whose process runs: those that report progress and load."""
+    return [(job.id, job.attempt) for job in active if job.status is JobStatus.RUNNING]
 
 
 def reservations_of(active: Sequence[Job]) -> Reservations:
@@ -51,10 +56,7 @@ def node_states(
 ) -> list[NodeState]:
     """The policy's view of the live nodes; each GPU's compute load is the expected utilisation of the
     `running` (active) jobs on it."""
-    loads: dict[tuple[str, int], float] = defaultdict(float)
-    for job in running:
-        for index in job.gpu_indices:
-            loads[job.node, index] += job.util
+    loads = gpu_loads(running)
     return [
         NodeState(
             name=snap.node,
@@ -70,3 +72,12 @@ def node_states(
         )
         for snap in snapshots
     ]
+
+
+def gpu_loads(running: Sequence[RunningJob]) -> dict[tuple[str, int], float]:
+    """(node, GPU index) -> the expected compute load of the jobs on it: the sum the compute cap applies to."""
+    loads: dict[tuple[str, int], float] = defaultdict(float)
+    for job in running:
+        for index in job.gpu_indices:
+            loads[job.node, index] += job.util
+    return loads

@@ -31,7 +31,7 @@ from app.db.session import lock_ledger, transaction
 from app.enums import FailureReason, JobStatus
 from app.scheduler import inputs
 from app.scheduler.forecast import forecast
-from app.scheduler.ledger import active_jobs, node_states, reservations_of
+from app.scheduler.ledger import active_jobs, node_states, reservations_of, running_attempts
 from app.scheduler.policy import schedule
 from app.scheduler.state import Placement, PolicyConfig, Quotas, Wait
 from app.services import progress, transitions
@@ -124,7 +124,7 @@ class Scheduler:
                 return []
             active = active_jobs(session)
             history = inputs.History.of(session, [*queued, *active])
-            attempts = [(j.id, j.attempt) for j in active if j.status is JobStatus.RUNNING]
+            attempts = running_attempts(active)
             reports, loads = progress.read(self.redis, attempts), progress.read_loads(self.redis, attempts)
             running = inputs.running_jobs(active, history, now, reports, loads)
             pending = inputs.pending_jobs(queued, history)

@@ -1,14 +1,11 @@
 """The cluster's GPUs as researchers see them: NVML readings beside vramq's reservations."""
 
-from collections import defaultdict
-
 from redis import Redis
 from sqlalchemy.orm import Session
 
 from app.db.models import utcnow
-from app.enums import JobStatus
 from app.scheduler import inputs
-from app.scheduler.ledger import active_jobs, available_mb, reservations_of
+from app.scheduler.ledger import active_jobs, available_mb, gpu_loads, reservations_of, running_attempts
 from app.schemas import ForeignProcess, GpuOut
 from app.services import progress
 from app.services.nodes import live_nodes
@@ -18,12 +15,8 @@ def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
     active = active_jobs(session)
     reservations = reservations_of(active)
     # The compute load the scheduler packs by: each job's measured load while it runs, else its history's.
-    attempts = [(job.id, job.attempt) for job in active if job.status is JobStatus.RUNNING]
-    history = inputs.History.of(session, active)
-    loads: dict[tuple[str, int], float] = defaultdict(float)
-    for job in inputs.running_jobs(active, history, utcnow(), loads=progress.read_loads(redis, attempts)):
-        for index in job.gpu_indices:
-            loads[job.node, index] += job.util
+    measured = progress.read_loads(redis, running_attempts(active))
+    loads = gpu_loads(inputs.running_jobs(active, inputs.History.of(session, active), utcnow(), loads=measured))
     return [
         GpuOut(
             node=snap.node,
