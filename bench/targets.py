@@ -1,7 +1,7 @@
 """Counts how often `vramq` meets the issue's targets on many generated traces (held-out seeds).
 
     .venv/bin/python bench/targets.py [--seeds 1-40] [--jobs 300] [--loads 1.2,1.6,2.5] [--workers 2] [--explain]
-        [--util-unknown] [--limit-factor F]
+        [--util-unknown] [--limit-factor F] [--set NAME=VALUE ...]
 
 Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 and above), mean JCT at
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
@@ -11,13 +11,17 @@ last moment from which running alone would have met it, else "slowed" (it shared
 By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
 --util-unknown makes every job a first run (utilisation 0.5 until measured running), --limit-factor F
 gives it time limits F times the true run time instead.
+--set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share, backfill;
+a number, true, false or none), to see what each target gains and loses: e.g. --set critical_share=0.75.
 """
 
 import argparse
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields, replace
 
-from app.simulator.engine import Estimates, Result, Simulation
+from app.scheduler.state import PolicyConfig
+from app.simulator.engine import CONFIGS, Estimates, Result, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise
 from app.simulator.trace import TraceJob, bound_terms
 from app.simulator.workload import generate
@@ -44,13 +48,28 @@ def culprits(trace: list[TraceJob], result: Result, deadline: float, gpu_mb: int
     return f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3]), rows[0][2]
 
 
+def setting(text: str) -> tuple[str, float | bool | None]:
+    """NAME=VALUE of --set, checked against PolicyConfig."""
+    name, _, value = text.partition("=")
+    names = [f.name for f in fields(PolicyConfig) if f.name != "quotas"]
+    if name not in names:
+        raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(names)}")
+    words: dict[str, bool | None] = {"true": True, "false": False, "none": None}
+    if value.lower() in words:
+        return name, words[value.lower()]
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number, true, false or none") from None
+
+
 def check(
-    args: tuple[int, float, int, str, bool, Estimates],
+    args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
 ) -> tuple[int, float, float, float, int, int, tuple[str, str, str]]:
-    seed, load, jobs, gpus, explain, estimates = args
+    seed, load, jobs, gpus, explain, estimates, config = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
-    sim = Simulation(trace, sizes, policy="vramq", estimates=estimates)
+    sim = Simulation(trace, sizes, policy="vramq", estimates=estimates, config=config)
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
@@ -77,11 +96,15 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="name the jobs behind each makespan miss")
     parser.add_argument("--util-unknown", action="store_true", help="no utilisation history: 0.5 until measured")
     parser.add_argument("--limit-factor", type=float, default=1.0, help="time limits this many times the run time")
+    parser.add_argument("--set", type=setting, action="append", default=[], help="NAME=VALUE: a policy setting")
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split("-"))
     estimates = Estimates(util_known=not args.util_unknown, limit_factor=args.limit_factor)
+    config = replace(CONFIGS["vramq"], **dict(args.set))
+    if args.set:
+        print(f"policy settings: {config}")
     cases = [
-        (s, float(load), args.jobs, args.gpus, args.explain, estimates)
+        (s, float(load), args.jobs, args.gpus, args.explain, estimates, config)
         for load in args.loads.split(",")
         for s in range(first, last + 1)
     ]

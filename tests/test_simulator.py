@@ -4,11 +4,12 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from app.simulator.engine import POLICIES, Estimates, Simulation
+from app.simulator.engine import CONFIGS, POLICIES, Estimates, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger
 from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
@@ -76,6 +77,18 @@ def test_what_the_policy_knows_of_a_queued_job_is_set_by_the_estimates() -> None
 
     assert [(a.start, a.end) for a in known.attempts] == [(0.0, 1000.0), (1000.0, 2000.0)]
     assert [(a.start, a.end) for a in first_runs.attempts] == [(0.0, pytest.approx(1800.0))] * 2
+
+
+def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:
+    """The same two busy jobs: without a compute cap, the second starts beside the first (bench/targets.py
+    --set compute_cap=none)."""
+    jobs = [TraceJob(f"j{i}", 0.0, "u", 6000, 5000, 1000.0, 0.9) for i in range(2)]
+
+    uncapped = Simulation(jobs, [24576], config=replace(CONFIGS["vramq"], compute_cap=None)).run()
+
+    assert [(a.start, a.end) for a in uncapped.attempts] == [(0.0, pytest.approx(1800.0))] * 2
+    with pytest.raises(ValueError, match="no settings"):
+        Simulation(jobs, [24576], policy="exclusive", config=CONFIGS["vramq"])
 
 
 def test_oom_retries_grow_the_request_under_a_ledger() -> None:

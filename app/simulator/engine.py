@@ -86,15 +86,20 @@ class Simulation:
         max_retries: int = 3,
         half_life_s: float = 24 * 3600,
         estimates: Estimates = Estimates(),
+        config: PolicyConfig | None = None,
     ) -> None:
+        """`config` replaces a ledger policy's settings (bench/targets.py --set explores them)."""
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if config is not None and policy not in CONFIGS:
+            raise ValueError(f"policy {policy!r} has no settings to replace")
         self.trace = sorted(enumerate(trace), key=lambda item: (item[1].submit_s, item[0]))
         self.sizes = gpu_sizes_mb
         self.nodes = nodes
         self.policy = policy
         self.max_retries = max_retries
         self.estimates = estimates
+        self.config = config or CONFIGS.get(policy)
         self.usage = DecayedUsage(half_life_s)
         self.result = Result()
         self.running: list[Attempt] = []
@@ -161,7 +166,8 @@ class Simulation:
         ]
         self.usage.advance(self.now)
         users = {user: UserState(usage=value) for user, value in self.usage.value.items()}
-        decision = schedule(pending, nodes, self.now, running=running, users=users, config=CONFIGS[self.policy])
+        assert self.config is not None
+        decision = schedule(pending, nodes, self.now, running=running, users=users, config=self.config)
         by_index = {w.index: w for w in self.waiting}
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
 
