@@ -3,6 +3,7 @@ answer (a refused one refuses nothing else)."""
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -118,5 +119,35 @@ def test_one_batch_counts_its_own_jobs_against_the_quota(
             session, redis, [Submission(user, JobSubmit.model_validate(spec)) for spec in specs], settings
         )
     assert [type(result).__name__ for result in results] == ["NoHistory", "tuple", "tuple", "tuple", "QuotaExceeded"]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == QUOTA
+
+
+def test_a_submission_in_another_process_waits_and_counts_the_first_ones_jobs(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis,  # noqa: ANN001
+    make_user: Callable[..., tuple[User, str]],
+) -> None:
+    """Two API processes (here two transactions) submit for one user under a queued quota of 3: the second
+    waits for the first's transaction to end, then sees its three jobs and is refused."""
+    user, _ = make_user("twice")
+    spec = JobSubmit.model_validate({"command": ["true"], "vram_mb": 100})
+
+    def second() -> list:
+        with transaction(sessions) as session:
+            return submit_many(session, redis, [Submission(user, spec)], settings)
+
+    with ThreadPoolExecutor(1) as pool:
+        with transaction(sessions) as session:
+            assert all(
+                isinstance(r, tuple) for r in submit_many(session, redis, [Submission(user, spec)] * QUOTA, settings)
+            )
+            later = pool.submit(second)
+            time.sleep(0.5)  # time enough for the second to run, were it not waiting for this one
+            assert not later.done()
+        [result] = later.result(timeout=30)
+
+    assert type(result).__name__ == "QuotaExceeded"
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == QUOTA

@@ -147,6 +147,10 @@ def submit_many(
     queued: dict[int, int] = {}
     if settings.quota_queued is not None:
         users = sorted({s.user.id for s in submissions})
+        if session.get_bind().dialect.name == "postgresql":
+            # Another API process submitting for these users waits here until this transaction ends, so
+            # each counts the other's jobs (on SQLite, BEGIN IMMEDIATE already serialises writers).
+            session.execute(select(User.id).where(User.id.in_(users)).order_by(User.id).with_for_update())
         queued = dict(
             session.execute(
                 select(Job.user_id, func.count())
