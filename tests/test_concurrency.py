@@ -5,15 +5,19 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import Job, Run, User
+from app.db.models import Job, ModelVersion, Run, User
+from app.db.session import transaction
 from app.enums import JobStatus
+from app.services import models
 from tests.conftest import Cluster
+from tests.factories import make_job
 
 GPU_MB = 2000
 JOBS = 200
@@ -75,3 +79,30 @@ def test_simultaneous_submissions_never_over_commit(
         assert held <= GPU_MB, f"over-committed at {run.reserved_at}: {held} MB reserved on a {GPU_MB} MB GPU"
     most = max(sum(o.vram_mb for o in runs if o.reserved_at <= r.reserved_at < o.released_at) for r in runs)
     assert most > GPU_MB // 2  # the GPU was really shared, not run one job at a time
+
+
+def test_attempts_that_end_at_once_each_get_their_own_model_version(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Two workers register a model of the same name in overlapping transactions (two jobs of a sweep that
+    end together): the second waits for the first and takes the next version, instead of colliding on
+    (name, version) and losing the end of its job with it."""
+    jobs = [make_job(sessions, status=JobStatus.SUCCEEDED) for _ in range(2)]
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"weights")
+
+    def register(job: Job) -> int:
+        with transaction(sessions) as session:
+            return models.register(session, name="model", path=path, job_id=job.id, attempt=1, metrics={}).version
+
+    with ThreadPoolExecutor(1) as pool:
+        with transaction(sessions) as session:
+            first = models.register(session, name="model", path=path, job_id=jobs[0].id, attempt=1, metrics={})
+            second = pool.submit(register, jobs[1])
+            time.sleep(0.5)  # time enough for the second to number its version, were it not waiting
+            assert not second.done()
+        assert (first.version, second.result(timeout=30)) == (1, 2)
+
+    with sessions() as session:
+        stored = session.execute(select(ModelVersion.job_id, ModelVersion.version).order_by(ModelVersion.version))
+        assert stored.all() == [(jobs[0].id, 1), (jobs[1].id, 2)]

@@ -13,6 +13,8 @@ from app.config import Settings
 
 # pg_advisory_xact_lock key serialising reservation writes (invariant 1); any constant works.
 _LEDGER_LOCK_KEY = 0x7652414D
+# First half of the two-key advisory locks that serialise version numbering per model name.
+_MODEL_LOCK_SPACE = 0x4D4F44
 # Execution option of the engine behind read-only sessions: on SQLite they BEGIN DEFERRED and never wait.
 _READ_ONLY = "vramq_read_only"
 # One lock per SQLite engine: the threads of one process queue for the write lock here and are woken the
@@ -69,3 +71,15 @@ def lock_ledger(session: Session) -> None:
     """Serialise reservation writers until the transaction ends (SQLite's BEGIN IMMEDIATE already does)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LEDGER_LOCK_KEY})
+
+
+def lock_model_names(session: Session, names: list[str]) -> None:
+    """Serialise version numbering of these models until the transaction ends, so two attempts that end
+    at once each get their own next version (SQLite's BEGIN IMMEDIATE already does). Sorted: transactions
+    that lock several names take them in one order and cannot deadlock."""
+    if session.get_bind().dialect.name == "postgresql":
+        for name in sorted(set(names)):
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(:space, hashtext(:name))"),
+                {"space": _MODEL_LOCK_SPACE, "name": name},
+            )

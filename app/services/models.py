@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ModelAlias, ModelVersion
+from app.db.session import lock_model_names
 from app.errors import AliasNotFound, ModelNotFound
 from app.schemas import ModelOut, ModelVersionOut
 
@@ -24,7 +25,8 @@ def file_sha256(path: Path) -> str:
 
 
 def model_artifacts(models_dir: Path) -> list[tuple[str, Path]]:
-    """(name, file) for each model an attempt saved; a SavedModel directory is zipped into one file."""
+    """(name, file) for each model an attempt saved, by name (the order `register` locks them in); a
+    SavedModel directory is zipped into one file."""
     found: list[tuple[str, Path]] = []
     if not models_dir.is_dir():
         return found
@@ -36,7 +38,7 @@ def model_artifacts(models_dir: Path) -> list[tuple[str, Path]]:
         elif entry.is_dir() and (entry / "saved_model.pb").exists():
             archive = shutil.make_archive(str(entry), "zip", root_dir=entry)
             found.append((entry.name, Path(archive)))
-    return found
+    return sorted(found)
 
 
 def register(
@@ -52,6 +54,8 @@ def register(
     gpu_seconds: float | None = None,
     seed: int | None = None,
 ) -> ModelVersion:
+    """The model's next version; other transactions registering the same name wait until this one ends."""
+    lock_model_names(session, [name])
     latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
     version = ModelVersion(
         name=name,
