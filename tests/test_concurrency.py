@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import Job, ModelVersion, Run, User
+from app.db.models import Job, ModelAlias, ModelVersion, Run, User
 from app.db.session import transaction
 from app.enums import JobStatus
 from app.services import models
@@ -106,3 +106,29 @@ def test_attempts_that_end_at_once_each_get_their_own_model_version(
     with sessions() as session:
         stored = session.execute(select(ModelVersion.job_id, ModelVersion.version).order_by(ModelVersion.version))
         assert stored.all() == [(jobs[0].id, 1), (jobs[1].id, 2)]
+
+
+def test_one_alias_set_twice_at_once_ends_on_the_later_version(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """Two admins point a new alias at different versions in overlapping transactions: the second waits
+    and moves the alias, instead of failing on (name, alias)."""
+    job = make_job(sessions, status=JobStatus.SUCCEEDED)
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"weights")
+    with transaction(sessions) as session:
+        for _ in range(2):
+            models.register(session, name="model", path=path, job_id=job.id, attempt=1, metrics={})
+
+    def point(version: int) -> int:
+        with transaction(sessions) as session:
+            return models.set_alias(session, "model", "prod", version).version
+
+    with ThreadPoolExecutor(1) as pool:
+        with transaction(sessions) as session:
+            models.set_alias(session, "model", "prod", 1)
+            later = pool.submit(point, 2)
+            time.sleep(0.5)  # time enough for the second to create the alias too, were it not waiting
+            assert not later.done()
+        assert later.result(timeout=30) == 2
+
+    with sessions() as session:
+        assert session.scalars(select(ModelAlias.version).where(ModelAlias.alias == "prod")).all() == [2]

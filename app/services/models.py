@@ -111,7 +111,9 @@ def get_version(session: Session, name: str, version: int) -> ModelVersion:
 
 
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
-    """Point `alias` at a version of the model, creating or moving it."""
+    """Point `alias` at a version of the model, creating or moving it (one writer of the model at a time:
+    two admins creating the same alias at once both succeed, the later one wins)."""
+    lock_model_names(session, [name])
     get_version(session, name, version)
     existing = session.scalar(select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias))
     if existing is None:
