@@ -13,7 +13,7 @@ from app.config import Settings
 
 # pg_advisory_xact_lock key serialising reservation writes (invariant 1); any constant works.
 _LEDGER_LOCK_KEY = 0x7652414D
-# First half of the two-key advisory locks that serialise version numbering per model name.
+# First half of the two-key advisory locks that serialise writes to one model's versions and aliases.
 _MODEL_LOCK_SPACE = 0x4D4F44
 # Execution option of the engine behind read-only sessions: on SQLite they BEGIN DEFERRED and never wait.
 _READ_ONLY = "vramq_read_only"
@@ -74,9 +74,9 @@ def lock_ledger(session: Session) -> None:
 
 
 def lock_model_names(session: Session, names: list[str]) -> None:
-    """Serialise version numbering of these models until the transaction ends, so two attempts that end
-    at once each get their own next version (SQLite's BEGIN IMMEDIATE already does). Sorted: transactions
-    that lock several names take them in one order and cannot deadlock."""
+    """Serialise writes to these models' versions and aliases until the transaction ends, so two attempts
+    that end at once each get their own next version (SQLite's BEGIN IMMEDIATE already does). Sorted:
+    transactions that lock several names take them in one order and cannot deadlock."""
     if session.get_bind().dialect.name == "postgresql":
         for name in sorted(set(names)):
             session.execute(
