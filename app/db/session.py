@@ -6,10 +6,11 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db.models import User
 
 # pg_advisory_xact_lock key serialising reservation writes (invariant 1); any constant works.
 _LEDGER_LOCK_KEY = 0x7652414D
@@ -69,7 +70,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 def lock_ledger(session: Session) -> None:
     """Serialise reservation writers until the transaction ends (SQLite's BEGIN IMMEDIATE already does)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if _postgresql(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LEDGER_LOCK_KEY})
 
 
@@ -77,9 +78,21 @@ def lock_model_names(session: Session, names: list[str]) -> None:
     """Serialise writes to these models' versions and aliases until the transaction ends, so two attempts
     that end at once each get their own next version (SQLite's BEGIN IMMEDIATE already does). Sorted:
     transactions that lock several names take them in one order and cannot deadlock."""
-    if session.get_bind().dialect.name == "postgresql":
+    if _postgresql(session):
         for name in sorted(set(names)):
             session.execute(
                 text("SELECT pg_advisory_xact_lock(:space, hashtext(:name))"),
                 {"space": _MODEL_LOCK_SPACE, "name": name},
             )
+
+
+def lock_users(session: Session, user_ids: list[int]) -> None:
+    """Serialise submitters for these users until the transaction ends, so each counts the others' queued
+    jobs against the quota (SQLite's BEGIN IMMEDIATE already does). In id order: no deadlock."""
+    if _postgresql(session):
+        session.execute(select(User.id).where(User.id.in_(user_ids)).order_by(User.id).with_for_update())
+
+
+def _postgresql(session: Session) -> bool:
+    """SQLite needs none of these locks: every writer takes the database's write lock at BEGIN IMMEDIATE."""
+    return session.get_bind().dialect.name == "postgresql"

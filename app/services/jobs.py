@@ -16,6 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.config import Settings
 from app.constants import run_log_keys
 from app.db.models import Job, Metric, Run, User
+from app.db.session import lock_users
 from app.enums import JobStatus
 from app.errors import (
     Forbidden,
@@ -147,10 +148,7 @@ def submit_many(
     queued: dict[int, int] = {}
     if settings.quota_queued is not None:
         users = sorted({s.user.id for s in submissions})
-        if session.get_bind().dialect.name == "postgresql":
-            # Another API process submitting for these users waits here until this transaction ends, so
-            # each counts the other's jobs (on SQLite, BEGIN IMMEDIATE already serialises writers).
-            session.execute(select(User.id).where(User.id.in_(users)).order_by(User.id).with_for_update())
+        lock_users(session, users)  # another API process submitting for them waits: each counts the other's
         queued = dict(
             session.execute(
                 select(Job.user_id, func.count())
