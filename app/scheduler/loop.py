@@ -124,8 +124,7 @@ class Scheduler:
                 return []
             active = active_jobs(session)
             history = inputs.History.of(session, [*queued, *active])
-            attempts = running_attempts(active)
-            reports, loads = progress.read(self.redis, attempts), progress.read_loads(self.redis, attempts)
+            reports, loads = progress.read(self.redis, running_attempts(active))
             running = inputs.running_jobs(active, history, now, reports, loads)
             pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)

@@ -57,20 +57,30 @@ def publish_load(redis: Redis, job_id: int, attempt: int, load: float) -> None:
     redis.set(key, repr(load), px=int(RUN_HEARTBEAT_TTL_S * 1000))
 
 
-def read(redis: Redis, attempts: Sequence[tuple[int, int]]) -> dict[int, Progress]:
-    """Job id -> the progress its attempt last reported, for the (job id, attempt) pairs that have one."""
-    return {job_id: Progress(**json.loads(raw)) for job_id, raw in _latest(redis, RUN_PROGRESS_KEY, attempts).items()}
+def read(redis: Redis, attempts: Sequence[tuple[int, int]]) -> tuple[dict[int, Progress], dict[int, float]]:
+    """Job id -> the progress and job id -> the measured compute load its attempt last reported, for the
+    (job id, attempt) pairs that have one: what the scheduler reads each tick, in one MGET."""
+    reports, loads = _latest(redis, (RUN_PROGRESS_KEY, RUN_LOAD_KEY), attempts)
+    return {i: Progress(**json.loads(raw)) for i, raw in reports.items()}, {i: float(raw) for i, raw in loads.items()}
 
 
 def read_loads(redis: Redis, attempts: Sequence[tuple[int, int]]) -> dict[int, float]:
     """Job id -> its attempt's measured compute load, for the (job id, attempt) pairs that have one."""
-    return {job_id: float(raw) for job_id, raw in _latest(redis, RUN_LOAD_KEY, attempts).items()}
+    [loads] = _latest(redis, (RUN_LOAD_KEY,), attempts)
+    return {job_id: float(raw) for job_id, raw in loads.items()}
 
 
-def _latest(redis: Redis, template: str, attempts: Sequence[tuple[int, int]]) -> dict[int, bytes | str]:
-    """One MGET of `template`'s key for each (job id, attempt): job id -> value, where there is one."""
+def _latest(
+    redis: Redis, templates: Sequence[str], attempts: Sequence[tuple[int, int]]
+) -> list[dict[int, bytes | str]]:
+    """One MGET of each template's key for each (job id, attempt): per template, job id -> value, where
+    there is one."""
     if not attempts:
-        return {}
-    keys = [template.format(job_id=job_id, attempt=attempt) for job_id, attempt in attempts]
+        return [{} for _ in templates]
+    keys = [template.format(job_id=job_id, attempt=attempt) for template in templates for job_id, attempt in attempts]
     values = redis.mget(keys)
-    return {job_id: raw for (job_id, _), raw in zip(attempts, values, strict=True) if raw}  # type: ignore[arg-type, misc]
+    n = len(attempts)
+    return [
+        {job_id: raw for (job_id, _), raw in zip(attempts, values[k * n : (k + 1) * n], strict=True) if raw}  # type: ignore[index, misc]
+        for k in range(len(templates))
+    ]
