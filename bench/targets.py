@@ -9,8 +9,9 @@ With --explain, each makespan miss names the term of the lower bound that sets i
 memory area or the compute area) and the jobs that ended past the limit: "late" if it started after the
 last moment from which running alone would have met it, else "slowed" (it shared compute).
 By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
---util-unknown makes every job a first run (utilisation 0.5 until measured running), --limit-factor F
-gives it time limits F times the true run time instead.
+--util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
+request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
+time instead.
 --set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share, backfill;
 a number, true, false or none), to see what each target gains and loses: e.g. --set critical_share=0.75.
 """

@@ -245,18 +245,20 @@ def test_gpus_show_reservations_and_foreign_memory(client: TestClient, auth: dic
 def test_gpus_show_the_compute_load_the_scheduler_packs_by(
     client: TestClient, auth: dict[str, str], redis: Redis, sessions: sessionmaker[Session]
 ) -> None:
-    """Per GPU, its jobs' loads: measured while running, else from history, else 0.5."""
-    publish_node(redis, sizes=(8192, 16384))
+    """Per GPU, its jobs' loads: measured while running, else from history (finished runs, else what its
+    fingerprint's running jobs measure), else 0.5."""
+    publish_node(redis, sizes=(8192, 16384, 8192))
     past_runs(sessions, "light", 100, outcome=JobStatus.SUCCEEDED, util=0.3)
     running = {"status": JobStatus.RUNNING, "node": "node-a", "attempt": 1}
     make_job(sessions, fingerprint="light", gpu_indices=[0], **running)
-    measured = make_job(sessions, gpu_indices=[0], **running)
+    measured = make_job(sessions, fingerprint="sweep", gpu_indices=[0], **running)
     progress.publish_load(redis, measured.id, 1, 0.8)
     make_job(sessions, gpu_indices=[1], status=JobStatus.DISPATCHED, node="node-a")
+    make_job(sessions, fingerprint="sweep", gpu_indices=[2], status=JobStatus.DISPATCHED, node="node-a")
 
     gpus = client.get("/api/v1/gpus", headers=auth).json()
 
-    assert [g["load"] for g in gpus] == [1.1, 0.5]
+    assert [g["load"] for g in gpus] == [1.1, 0.5, 0.8]
 
 
 def test_only_the_owner_or_an_admin_cancels(

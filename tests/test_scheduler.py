@@ -327,6 +327,30 @@ def test_a_running_jobs_measured_load_outweighs_its_history(
         assert reason.endswith("compute-saturated (it would take them past 1.6)")
 
 
+@pytest.mark.parametrize(("fingerprint", "placed"), [("sweep", False), ("other", True)])
+def test_a_queued_job_without_history_takes_the_load_measured_on_its_running_siblings(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, fingerprint: str, placed: bool
+) -> None:
+    """No run of the sweep has finished, but its first job runs at a measured 0.95: its next job is
+    expected as busy and waits rather than take the GPU to 1.9. A job of an unknown fingerprint is still
+    expected at 0.5, and 1.45 is under the cap."""
+    publish_node(redis, sizes=(24576,))
+    first = make_job(sessions, vram_mb=5000, fingerprint="sweep")
+    scheduler.tick()
+    with transaction(sessions) as session:
+        transitions.start(session, first.id, 1, pid=1, log_path="/l", output_dir="/o")
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=first.id, attempt=1), "node-a", ex=10)
+    progress.publish_load(redis, first.id, 1, 0.95)
+    queued = make_job(sessions, vram_mb=5000, fingerprint=fingerprint)
+
+    scheduler.tick()
+
+    assert (reload(sessions, queued.id).status is JobStatus.DISPATCHED) is placed
+    if not placed:
+        [(reason, _)] = waiting_of(redis, [queued.id]).values()
+        assert reason.endswith("compute-saturated (it would take them past 1.6)")
+
+
 @pytest.mark.parametrize(
     ("report", "expected"),
     [

@@ -79,6 +79,22 @@ def test_what_the_policy_knows_of_a_queued_job_is_set_by_the_estimates() -> None
     assert [(a.start, a.end) for a in first_runs.attempts] == [(0.0, pytest.approx(1800.0))] * 2
 
 
+def test_without_history_a_job_learns_the_load_of_its_fingerprints_first_job() -> None:
+    """No history: the first busy job starts at an expected 0.5. Once it runs, a later job of the same
+    user and request (one fingerprint) is known to be as busy and waits rather than take the GPU to 1.8;
+    a job of another request is still a first run (0.5) and starts beside it."""
+    first = TraceJob("first", 0.0, "u", 6000, 5000, 1000.0, 0.9)
+    sibling = TraceJob("sibling", 100.0, "u", 6000, 5000, 1000.0, 0.9)
+    stranger = TraceJob("stranger", 100.0, "u", 6001, 5000, 1000.0, 0.9)
+    no_history = Estimates(util_known=False)
+
+    with_sibling = Simulation([first, sibling], [24576], estimates=no_history).run()
+    with_stranger = Simulation([first, stranger], [24576], estimates=no_history).run()
+
+    assert [a.start for a in with_sibling.attempts] == [0.0, 1000.0]
+    assert [a.start for a in with_stranger.attempts] == [0.0, 100.0]
+
+
 def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:
     """The same two busy jobs: without a compute cap, the second starts beside the first (bench/targets.py
     --set compute_cap=none)."""

@@ -4,12 +4,13 @@ end, and each user's decayed usage and current holdings.
 A queued job's expected run time is its time limit (a promise: the reservation bound holds) or, without
 one, the median run time of its fingerprint's recent successful runs (an estimate, like its utilisation).
 A running job may end sooner than its limit where its training's progress says so, and once its load has
-been measured for a while (RUN_LOAD_SAMPLES), that measurement is its utilisation."""
+been measured for a while (RUN_LOAD_SAMPLES), that measurement is its utilisation. A fingerprint with no
+finished run yet takes its running jobs' measured loads: the rest of a sweep learns from its first jobs."""
 
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -48,6 +49,16 @@ class History:
     def of(cls, session: Session, jobs: Iterable[Job]) -> "History":
         fingerprints = sorted({job.fingerprint for job in jobs if job.fingerprint})
         return cls(expected_utils(session, fingerprints), expected_durations(session, fingerprints))
+
+    def measuring(self, active: Iterable[Job], loads: dict[int, float]) -> "History":
+        """With, for each fingerprint that no finished run describes, the median load measured on its
+        running jobs."""
+        measured: dict[str, list[float]] = defaultdict(list)
+        for job in active:
+            if job.fingerprint and job.fingerprint not in self.utils and job.id in loads:
+                measured[job.fingerprint].append(loads[job.id])
+        found = {fp: statistics.median(values) for fp, values in measured.items()}
+        return replace(self, utils={**self.utils, **found}) if found else self
 
     def util(self, job: Job) -> float:
         return self.utils.get(job.fingerprint or "", DEFAULT_UTIL)

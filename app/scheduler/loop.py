@@ -123,8 +123,8 @@ class Scheduler:
                 publish_waiting(self.redis, {})
                 return []
             active = active_jobs(session)
-            history = inputs.History.of(session, [*queued, *active])
             reports, loads = progress.read(self.redis, running_attempts(active))
+            history = inputs.History.of(session, [*queued, *active]).measuring(active, loads)
             running = inputs.running_jobs(active, history, now, reports, loads)
             pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)

@@ -14,9 +14,11 @@ from app.services.nodes import live_nodes
 def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
     active = active_jobs(session)
     reservations = reservations_of(active)
-    # The compute load the scheduler packs by: each job's measured load while it runs, else its history's.
+    # The compute load the scheduler packs by: each job's measured load while it runs, else its history's
+    # (its fingerprint's finished runs, else its running ones).
     measured = progress.read_loads(redis, running_attempts(active))
-    loads = gpu_loads(inputs.running_jobs(active, inputs.History.of(session, active), utcnow(), loads=measured))
+    history = inputs.History.of(session, active).measuring(active, measured)
+    loads = gpu_loads(inputs.running_jobs(active, history, utcnow(), loads=measured))
     return [
         GpuOut(
             node=snap.node,

@@ -9,7 +9,8 @@ ledger or caps, so jobs that grow into each other are killed by OOM.
 
 What the ledger policies are told about a queued job is set by `Estimates`: by default the trace's own
 utilisation and run time, as if each job's history predicted it exactly. Running jobs' loads and ends
-are always exact, as measurement and training progress give them live.
+are always exact, as measurement and training progress give them live. A trace has no commands, so the
+jobs of one user with the same request and GPU count stand for one fingerprint (a generated sweep's).
 """
 
 import math
@@ -35,7 +36,9 @@ EPS = 1e-7
 class Estimates:
     """What the policy knows of a queued job before it runs (live: from history and time limits)."""
 
-    util_known: bool = True  # False: every job is a first run, at DEFAULT_UTIL until measured running
+    # False: no history before the trace. A job is at DEFAULT_UTIL until a job of its fingerprint has
+    # started: then its load is measured, as the live scheduler measures a sweep's first jobs.
+    util_known: bool = True
     limit_factor: float = 1.0  # its expected run time, as a time limit this many times the true one
 
 
@@ -105,6 +108,7 @@ class Simulation:
         self.running: list[Attempt] = []
         self.waiting: list[Waiting] = []
         self.now = 0.0
+        self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -159,7 +163,7 @@ class Simulation:
                 0,
                 w.job.submit_s,
                 w.job.user,
-                w.job.util if known.util_known else DEFAULT_UTIL,
+                w.job.util if known.util_known or _fingerprint(w.job) in self.measured else DEFAULT_UTIL,
                 w.job.duration_s * known.limit_factor,
             )
             for w in self.waiting
@@ -197,6 +201,7 @@ class Simulation:
         attempt = Attempt(waiting.job, waiting.index, waiting.number, waiting.request_mb, node, gpus, self.now)
         self.running.append(attempt)
         self.result.attempts.append(attempt)
+        self.measured.add(_fingerprint(waiting.job))
         self.result.first_start.setdefault(waiting.index, self.now)
         self.usage.advance(self.now)
         self.usage.reserve(waiting.job.user, waiting.request_mb * len(gpus) / 1024)
@@ -293,3 +298,8 @@ class Simulation:
             self.now = soonest
             self._settle()
         return self.result
+
+
+def _fingerprint(job: TraceJob) -> tuple[str, int, int]:
+    """What stands for a trace job's fingerprint (user, command and script live)."""
+    return job.user, job.vram_mb, job.gpus
