@@ -9,8 +9,8 @@ finished run yet takes its running jobs' measured loads: the rest of a sweep lea
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -46,19 +46,18 @@ class History:
     durations: dict[str, float]
 
     @classmethod
-    def of(cls, session: Session, jobs: Iterable[Job]) -> "History":
+    def of(cls, session: Session, jobs: Sequence[Job], loads: dict[int, float] | None = None) -> "History":
+        """From the jobs' fingerprints' recent runs; a fingerprint that no finished run describes takes the
+        median of the loads measured on its running jobs (`loads`: job id -> load)."""
         fingerprints = sorted({job.fingerprint for job in jobs if job.fingerprint})
-        return cls(expected_utils(session, fingerprints), expected_durations(session, fingerprints))
-
-    def measuring(self, active: Iterable[Job], loads: dict[int, float]) -> "History":
-        """With, for each fingerprint that no finished run describes, the median load measured on its
-        running jobs."""
+        utils = expected_utils(session, fingerprints)
+        loads = loads or {}
         measured: dict[str, list[float]] = defaultdict(list)
-        for job in active:
-            if job.fingerprint and job.fingerprint not in self.utils and job.id in loads:
+        for job in jobs:
+            if job.fingerprint and job.fingerprint not in utils and job.id in loads:
                 measured[job.fingerprint].append(loads[job.id])
-        found = {fp: statistics.median(values) for fp, values in measured.items()}
-        return replace(self, utils={**self.utils, **found}) if found else self
+        utils |= {fp: statistics.median(values) for fp, values in measured.items()}
+        return cls(utils, expected_durations(session, fingerprints))
 
     def util(self, job: Job) -> float:
         return self.utils.get(job.fingerprint or "", DEFAULT_UTIL)

@@ -124,7 +124,7 @@ class Scheduler:
                 return []
             active = active_jobs(session)
             reports, loads = progress.read(self.redis, running_attempts(active))
-            history = inputs.History.of(session, [*queued, *active]).measuring(active, loads)
+            history = inputs.History.of(session, [*queued, *active], loads)
             running = inputs.running_jobs(active, history, now, reports, loads)
             pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)

@@ -17,7 +17,7 @@ def gpu_view(session: Session, redis: Redis, margin_mb: int) -> list[GpuOut]:
     # The compute load the scheduler packs by: each job's measured load while it runs, else its history's
     # (its fingerprint's finished runs, else its running ones).
     measured = progress.read_loads(redis, running_attempts(active))
-    history = inputs.History.of(session, active).measuring(active, measured)
+    history = inputs.History.of(session, active, measured)
     loads = gpu_loads(inputs.running_jobs(active, history, utcnow(), loads=measured))
     return [
         GpuOut(
