@@ -224,6 +224,10 @@ def simulate(
     figures = summarise(sim, result)
     rows = schedule_rows(sim, result)
     figures["infeasible"] = infeasibilities(jobs, rows, sizes, uses_ledger(policy))
+    if result.refused:
+        names = [jobs[index].job_id for index in result.refused]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        typer.echo(f"warning: {len(names)} refused on arrival, more than a {gpus} node can hold: {shown}", err=True)
     if schedule_out:
         write_schedule(schedule_out, rows)
     if as_json:

@@ -180,6 +180,51 @@ def test_cli_prints_json_and_writes_the_schedule(tmp_path: Path) -> None:
     assert len(rows) >= 60
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_job_no_node_can_hold_is_refused_on_arrival_and_blocks_no_queue(policy: str) -> None:
+    """As the live intake refuses it (VramUnsatisfiable): the strict FIFO policies go on past it, and the
+    lower bound leaves it out (its 50,000 s would set it)."""
+    too_big = TraceJob("too-big", 0.0, "a", 30000, 1000, 50000.0, 0.5)
+    too_wide = TraceJob("too-wide", 0.0, "a", 1000, 1000, 50000.0, 0.5, gpus=3)
+    rest = [TraceJob(f"j{i}", 1.0 + i, "b", 14000, 3000, 100.0, 0.5) for i in range(4)]
+    sim = Simulation([too_big, too_wide, *rest], [24576, 24576], policy=policy)
+    result = sim.run()
+    figures = summarise(sim, result)
+
+    assert result.refused == [0, 1]
+    assert (figures["refused"], figures["completed"], figures["failed"]) == (2, 4, 0)
+    assert sorted(a.job.job_id for a in result.attempts) == [j.job_id for j in rest]
+    assert figures["lower_bound_s"] == round(lower_bound(rest, 2, 2 * 24576), 1) < 50000
+    assert figures["makespan_s"] < 1000
+
+
+def test_cli_names_the_refused_jobs(tmp_path: Path) -> None:
+    write_trace(
+        tmp_path / "t.csv", [TraceJob("huge", 0.0, "a", 90000, 1000, 10.0, 0.5), *generate(5, 1.0, GPUS, seed=2)]
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "simulate",
+            "--trace",
+            str(tmp_path / "t.csv"),
+            "--gpus",
+            "4x24GiB",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["refused"] == 1
+    assert "1 refused on arrival, more than a 4x24GiB node can hold: huge" in result.stderr
+
+
 def test_two_nodes_place_two_gpu_jobs_on_one_node() -> None:
     jobs = [TraceJob(f"j{i}", float(i), "u", 10000, 9000, 500.0, 0.4, gpus=2 if i % 3 == 0 else 1) for i in range(30)]
     sim = Simulation(jobs, [24576, 24576], nodes=2, policy="vramq")

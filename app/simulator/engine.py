@@ -5,7 +5,9 @@ Between events every rate is constant: a job on GPUs whose summed utilisation is
 Policies `vramq` and `fifo-ledger` reserve requests in a ledger and cap each job at its request (a job
 whose peak is larger fails `oom` when it reaches its cap and retries with 1.5x); `exclusive` gives each
 job whole GPUs; `free-memory` starts a job when measured free memory covers its request, without a
-ledger or caps, so jobs that grow into each other are killed by OOM.
+ledger or caps, so jobs that grow into each other are killed by OOM. Under every policy a job that no
+node could hold even idle (more GPUs than a node has, or a request larger than its GPUs) is refused when
+it arrives, as the live intake refuses it (VramUnsatisfiable): it waits for nothing and blocks no queue.
 
 What the ledger policies are told about a queued job is set by `Estimates`: by default the trace's own
 utilisation and run time, as if each job's history predicted it exactly. Running jobs' loads and ends
@@ -76,6 +78,7 @@ class Result:
     attempts: list[Attempt] = field(default_factory=list)
     first_start: dict[int, float] = field(default_factory=dict)
     finished: dict[int, tuple[float, bool]] = field(default_factory=dict)  # index -> (end, succeeded)
+    refused: list[int] = field(default_factory=list)  # indices of jobs no node could ever hold
     decisions: int = 0
 
 
@@ -222,6 +225,10 @@ class Simulation:
         else:
             self.result.finished[attempt.index] = (self.now, False)
 
+    def holdable(self, job: TraceJob) -> bool:
+        """Whether an idle node could take the job: `gpus` of its GPUs each as large as the request."""
+        return job.gpus <= len(self.sizes) and sorted(self.sizes, reverse=True)[job.gpus - 1] >= job.vram_mb
+
     # --- events -----------------------------------------------------------------------------------
 
     def _cap_mb(self, attempt: Attempt) -> float:
@@ -280,7 +287,10 @@ class Simulation:
         while arrivals or self.waiting or self.running:
             while arrivals and arrivals[0][1].submit_s <= self.now + EPS:
                 index, job = arrivals.pop(0)
-                self.waiting.append(Waiting(index, job, job.vram_mb))
+                if self.holdable(job):
+                    self.waiting.append(Waiting(index, job, job.vram_mb))
+                else:
+                    self.result.refused.append(index)
             if self.waiting:
                 for waiting, node, gpus in self._decide():
                     self._start(waiting, node, gpus)

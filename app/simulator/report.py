@@ -30,11 +30,15 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
     total_mb = sum(sim.sizes) * sim.nodes
     ends = [end for end, _ in result.finished.values()]
     makespan = max(ends, default=0.0)
-    bound = lower_bound(trace, gpu_count, total_mb)
+    refused = set(result.refused)  # they never run: neither the schedule nor the bound has them
+    bound = lower_bound([job for index, job in enumerate(trace) if index not in refused], gpu_count, total_mb)
     jct: list[float] = []
     wait: list[float] = []
     per_user: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"jct": [], "wait": [], "slowdown": []})
     jobs_of: dict[str, int] = defaultdict(int)
+    for index in result.refused:
+        per_user[trace[index].user]  # a user all of whose jobs were refused is still listed
+        jobs_of[trace[index].user] += 1
     for index, (end, succeeded) in result.finished.items():
         job = trace[index]
         user = per_user[job.user]
@@ -74,6 +78,7 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
         "oom_caused_by_others": sum(1 for a in result.attempts if a.outcome == "oom_other"),
         "completed": sum(1 for _, ok in result.finished.values() if ok),
         "failed": sum(1 for _, ok in result.finished.values() if not ok),
+        "refused": len(refused),
         "decisions": result.decisions,
         "jain_fairness": round(jain(slowdowns), 4),
         "users": users,
