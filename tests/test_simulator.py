@@ -2,6 +2,8 @@
 
 import csv
 import json
+import random
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.simulator.engine import CONFIGS, POLICIES, Estimates, Simulation
+from app.simulator.engine import CONFIGS, POLICIES, Estimates, Result, Simulation
 from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger
 from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
@@ -113,6 +115,72 @@ def test_oom_retries_grow_the_request_under_a_ledger() -> None:
     result = sim.run()
 
     assert [(a.request_mb, a.outcome) for a in result.attempts] == [(4000, "oom"), (6000, "oom"), (9000, "succeeded")]
+
+
+def finishing(sim: Simulation, seconds: int = 20) -> Result:
+    """sim.run(), failing the test instead of hanging if the clock stops advancing."""
+
+    def stuck(*_: object) -> None:
+        raise AssertionError(f"the simulation did not finish in {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(seconds)
+    try:
+        return sim.run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_an_event_closer_than_the_clock_can_resolve_is_still_reached(policy: str) -> None:
+    """A 1 ms job reaches its cap 50 us after it starts at t = 484.5 s: the clock, rounded, stopped just short of
+    the memory the cap is at, and the next event came back as 'now' for ever."""
+    tiny = TraceJob("tiny", 484.498722612494, "a", 24000, 48000, 0.001, 1e-6)
+    sim = Simulation([tiny], [24576, 24576], policy=policy)
+    result = finishing(sim)
+
+    assert [a.outcome for a in result.attempts] == ["oom"] * 4  # the first attempt and its 3 retries
+    assert result.finished == {0: (pytest.approx(484.4988, abs=1e-3), False)}
+
+
+def test_jobs_that_overflow_a_gpu_within_the_clocks_rounding_are_still_killed() -> None:
+    twins = [TraceJob(f"t{i}", 484.498722612494, "a", 12000, 14000, 0.001 * (1 + i / 7), 1e-6) for i in range(2)]
+    sim = Simulation(twins, [24576], policy="free-memory")
+    result = finishing(sim)
+
+    assert [(a.job.job_id, a.outcome) for a in result.attempts][:2] == [("t0", "oom"), ("t1", "succeeded")]
+    assert [ok for _, ok in result.finished.values()] == [True, True]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_any_valid_trace_ends_with_every_job_accounted_for_once_and_a_feasible_schedule(seed: int) -> None:
+    """Random traces at the format's edges (ms-long jobs, peaks far over requests or 0, requests over a
+    GPU, more GPUs than a node has, tied submissions): the external checks replay traces we have not seen."""
+    rng = random.Random(seed)
+    for _ in range(40):
+        sizes = rng.choice([[16384], [24576] * 2, [24576] * 4, [10240] * 3, [24576, 12288]])
+        nodes = rng.choice([1, 2, 3])
+        jobs = [
+            TraceJob(
+                f"j{i}",
+                rng.choice([0.0, float(i), rng.uniform(0, 1000)]),
+                rng.choice("abc"),
+                vram := rng.choice([1, 100, 2000, 8000, 12000, 16384, 24000, 24576, 30000]),
+                int(vram * rng.choice([0, 0.5, 1.0, 1.2, 2.0])),
+                rng.choice([0.001, 1.0, 60.0, 5000.0, rng.uniform(1, 1e5)]),
+                rng.choice([1e-6, 0.2, 0.5, 1.0]),
+                gpus=rng.choice([1, 1, 1, 2, 3, 5]),
+            )
+            for i in range(rng.randint(0, 30))
+        ]
+        for policy in POLICIES:
+            sim = Simulation(jobs, sizes, nodes=nodes, policy=policy)
+            result = finishing(sim)
+            figures = summarise(sim, result)
+
+            assert figures["completed"] + figures["failed"] + figures["refused"] == len(jobs), policy
+            assert infeasibilities(jobs, schedule_rows(sim, result), sizes, uses_ledger(policy)) == [], policy
 
 
 def test_lower_bound_terms() -> None:

@@ -237,24 +237,30 @@ class Simulation:
             return attempt.request_mb
         return min(self.sizes[g] for g in attempt.gpus)
 
-    def _next_event(self, next_arrival: float) -> float:
+    def _cap_mark(self, attempt: Attempt) -> float | None:
+        """The work done when the attempt's memory reaches its cap and it fails; None: its peak fits."""
+        cap, job = self._cap_mb(attempt), attempt.job
+        return GROWTH_FRACTION * job.duration_s * cap / job.peak_mb if job.peak_mb > cap else None
+
+    def _milestone(self, attempt: Attempt) -> float:
+        """The work done at the attempt's next event: its memory reaching its cap, its growth ending, its end."""
+        marks = [attempt.job.duration_s, self._cap_mark(attempt)]
+        if attempt.growing():
+            marks.append(GROWTH_FRACTION * attempt.job.duration_s)
+        return min(mark for mark in marks if mark is not None)
+
+    def _next_event(self, next_arrival: float) -> tuple[float, set[tuple[int, int]]]:
+        """When the next thing happens, and the GPUs (free-memory) whose growing jobs overflow them then."""
         soonest = next_arrival
         for a in self.running:
-            rate = self._rate(a)
-            soonest = min(soonest, self.now + (a.job.duration_s - a.done) / rate)
-            cap = self._cap_mb(a)
-            if a.job.peak_mb > cap:
-                at = GROWTH_FRACTION * a.job.duration_s * cap / a.job.peak_mb
-                soonest = min(soonest, self.now + max(0.0, at - a.done) / rate)
-            if a.growing():
-                soonest = min(soonest, self.now + (GROWTH_FRACTION * a.job.duration_s - a.done) / rate)
-        if self.policy == "free-memory":
-            soonest = min(soonest, self._overflow_time())
-        return soonest
+            soonest = min(soonest, self.now + max(0.0, self._milestone(a) - a.done) / self._rate(a))
+        overflows = self._overflows() if self.policy == "free-memory" else {}
+        soonest = min([soonest, *overflows.values()])
+        return soonest, {gpu for gpu, at in overflows.items() if at <= soonest}
 
-    def _overflow_time(self) -> float:
-        """When the growing jobs on some GPU first need more memory than it has."""
-        soonest = math.inf
+    def _overflows(self) -> dict[tuple[int, int], float]:
+        """When the growing jobs on each GPU that has some first need more memory than it has."""
+        times = {}
         for n in range(self.nodes):
             for g, size in enumerate(self.sizes):
                 on = self._on(n, g)
@@ -262,21 +268,28 @@ class Simulation:
                     a.job.peak_mb / (GROWTH_FRACTION * a.job.duration_s) * self._rate(a) for a in on if a.growing()
                 )
                 if slope > 0:
-                    soonest = min(soonest, self.now + max(0.0, size - self._used(n, g)) / slope)
-        return soonest
+                    times[n, g] = self.now + max(0.0, size - self._used(n, g)) / slope
+        return times
 
-    def _settle(self) -> None:
-        """End what the clock has reached: completions, caps hit, GPUs overflowing."""
+    def _settle(self, full: set[tuple[int, int]]) -> None:
+        """End what the clock has reached: completions, caps hit, GPUs overflowing (`full`: those whose
+        overflow is now, whatever the rounding of the memory they hold, unless a job there just ended)."""
+        freed: set[tuple[int, int]] = set()
         for a in list(self.running):
-            cap = self._cap_mb(a)
-            if a.job.peak_mb > cap and a.usage_mb() >= cap - 1e-6:
+            mark = self._cap_mark(a)
+            if mark is not None and a.done >= mark:
                 self._end(a, "oom")
             elif a.done >= a.job.duration_s - EPS:
                 self._end(a, "succeeded")
+            else:
+                continue
+            freed.update((a.node, g) for g in a.gpus)
         if self.policy == "free-memory":
             for n in range(self.nodes):
                 for g, size in enumerate(self.sizes):
-                    while self._used(n, g) >= size - 1e-6:  # full, and someone still needs more
+                    due = (n, g) in full - freed
+                    while due or self._used(n, g) >= size - 1e-6:  # full, and someone still needs more
+                        due = False
                         victim = max((a for a in self._on(n, g) if a.growing()), key=lambda a: a.start, default=None)
                         if victim is None:
                             break
@@ -295,7 +308,7 @@ class Simulation:
                 for waiting, node, gpus in self._decide():
                     self._start(waiting, node, gpus)
             next_arrival = arrivals[0][1].submit_s if arrivals else math.inf
-            soonest = self._next_event(next_arrival)
+            soonest, full = self._next_event(next_arrival)
             if soonest == math.inf:
                 for w in list(self.waiting):  # nothing runs, nothing arrives: these can never start
                     self.result.finished[w.index] = (self.now, False)
@@ -304,9 +317,13 @@ class Simulation:
             rates = {id(a): self._rate(a) for a in self.running}
             elapsed = max(0.0, soonest - self.now)
             for a in self.running:
-                a.done = min(a.job.duration_s, a.done + elapsed * rates[id(a)])
+                mark = self._milestone(a)
+                if self.now + max(0.0, mark - a.done) / rates[id(a)] <= soonest:
+                    a.done = mark  # its own event: reached exactly, however the clock rounds (else no progress)
+                else:
+                    a.done = min(a.job.duration_s, a.done + elapsed * rates[id(a)])
             self.now = soonest
-            self._settle()
+            self._settle(full)
         return self.result
 
 
