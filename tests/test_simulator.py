@@ -200,6 +200,31 @@ def test_traces_round_trip_and_bad_ones_are_refused(tmp_path: Path) -> None:
         load_trace(tmp_path / "bad.csv")
 
 
+HEADER = "job_id,submit_s,user,vram_mb,peak_mb,duration_s,util\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ("x,0,u,100,50,nan,0.5", "'nan' is not a finite number"),  # replayed for ever before
+        ("x,0,u,inf,50,10,0.5", "'inf' is not a finite number"),  # an OverflowError traceback before
+        ("x,inf,u,100,50,10,0.5", "'inf' is not a finite number"),
+        ("x,0,u,100", "2: no value for peak_mb, duration_s, util"),
+        ("x,0,u,100,50,10,", "no value for util"),
+    ],
+)
+def test_a_trace_row_without_finite_values_is_refused_with_its_line(tmp_path: Path, row: str, error: str) -> None:
+    (tmp_path / "bad.csv").write_text(HEADER + row + "\n")
+    with pytest.raises(TraceError, match=error):
+        load_trace(tmp_path / "bad.csv")
+
+
+def test_a_trace_saved_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
+    """With a byte-order mark before the header, and the optional gpus column left blank."""
+    (tmp_path / "t.csv").write_bytes(("\ufeff" + HEADER.replace("\n", ",gpus\n") + "x,0,u,100,50,10,0.5,\n").encode())
+    assert load_trace(tmp_path / "t.csv") == [TraceJob("x", 0.0, "u", 100, 50, 10.0, 0.5, gpus=1)]
+
+
 def test_cli_prints_json_and_writes_the_schedule(tmp_path: Path) -> None:
     write_trace(tmp_path / "t.csv", generate(60, 1.2, GPUS, seed=5))
     result = subprocess.run(

@@ -1,6 +1,7 @@
 """The trace format of ../shared/WORKLOADS.md, and the physical lower bound on its makespan."""
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,25 +25,28 @@ class TraceJob:
 
 
 def load_trace(path: Path) -> list[TraceJob]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(handle)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise TraceError(f"{path}: missing columns {', '.join(missing)}")
         jobs = []
         for line, row in enumerate(reader, start=2):
+            empty = [c for c in COLUMNS if not (row.get(c) or "").strip()]
+            if empty:
+                raise TraceError(f"{path}:{line}: no value for {', '.join(empty)}")
             try:
                 job = TraceJob(
                     job_id=row["job_id"],
-                    submit_s=float(row["submit_s"]),
+                    submit_s=_number(row["submit_s"]),
                     user=row["user"],
-                    vram_mb=int(float(row["vram_mb"])),
-                    peak_mb=int(float(row["peak_mb"])),
-                    duration_s=float(row["duration_s"]),
-                    util=float(row["util"]),
+                    vram_mb=int(_number(row["vram_mb"])),
+                    peak_mb=int(_number(row["peak_mb"])),
+                    duration_s=_number(row["duration_s"]),
+                    util=_number(row["util"]),
                     gpus=int(row.get("gpus") or 1),
                 )
-            except (TypeError, ValueError) as exc:
+            except ValueError as exc:
                 raise TraceError(f"{path}:{line}: {exc}") from exc
             if job.submit_s < 0 or job.vram_mb <= 0 or job.peak_mb < 0 or job.duration_s <= 0 or job.gpus < 1:
                 raise TraceError(f"{path}:{line}: sizes and durations must be positive")
@@ -53,6 +57,13 @@ def load_trace(path: Path) -> list[TraceJob]:
     if len(set(ids)) != len(ids):
         raise TraceError(f"{path}: job_id values must be unique")
     return jobs
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text.strip()!r} is not a finite number")
+    return value
 
 
 def write_trace(path: Path, jobs: list[TraceJob]) -> None:
