@@ -16,6 +16,7 @@ jobs of one user with the same request and GPU count stand for one fingerprint (
 """
 
 import math
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ class Simulation:
         self.usage = DecayedUsage(half_life_s)
         self.result = Result()
         self.running: list[Attempt] = []
+        self.on: defaultdict[tuple[int, int], list[Attempt]] = defaultdict(list)  # per GPU, in start order
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
@@ -116,11 +118,12 @@ class Simulation:
     # --- state ------------------------------------------------------------------------------------
 
     def _on(self, node: int, gpu: int) -> list[Attempt]:
-        return [a for a in self.running if a.node == node and gpu in a.gpus]
+        return self.on[node, gpu]
 
-    def _rate(self, attempt: Attempt) -> float:
-        load = max(sum(a.job.util for a in self._on(attempt.node, g)) for g in attempt.gpus)
-        return 1.0 / max(1.0, load)
+    def _rates(self) -> dict[int, float]:
+        """Each running attempt's speed (by id): 1/load of its most loaded GPU, when that is over 1."""
+        load = {key: sum(a.job.util for a in on) for key, on in self.on.items() if on}
+        return {id(a): 1.0 / max(1.0, max(load[a.node, g] for g in a.gpus)) for a in self.running}
 
     def _reserved(self, node: int, gpu: int) -> int:
         return sum(a.request_mb for a in self._on(node, gpu))
@@ -139,7 +142,7 @@ class Simulation:
         return self._decide_simple(lambda n, g, w: self.sizes[g] - self._used(n, g) >= w.request_mb, strict=False)
 
     def _decide_ledger(self) -> list[tuple[Waiting, int, tuple[int, ...]]]:
-        rates = {id(a): self._rate(a) for a in self.running}
+        rates = self._rates()
         nodes = [
             NodeState(
                 str(n),
@@ -203,6 +206,8 @@ class Simulation:
         self.waiting.remove(waiting)
         attempt = Attempt(waiting.job, waiting.index, waiting.number, waiting.request_mb, node, gpus, self.now)
         self.running.append(attempt)
+        for gpu in gpus:
+            self.on[node, gpu].append(attempt)
         self.result.attempts.append(attempt)
         self.measured.add(_fingerprint(waiting.job))
         self.result.first_start.setdefault(waiting.index, self.now)
@@ -212,6 +217,8 @@ class Simulation:
     def _end(self, attempt: Attempt, outcome: str) -> None:
         attempt.end, attempt.outcome = self.now, outcome
         self.running.remove(attempt)
+        for gpu in attempt.gpus:
+            self.on[attempt.node, gpu].remove(attempt)
         self.usage.advance(self.now)
         self.usage.reserve(attempt.job.user, -attempt.request_mb * len(attempt.gpus) / 1024)
         job = attempt.job
@@ -249,23 +256,30 @@ class Simulation:
             marks.append(GROWTH_FRACTION * attempt.job.duration_s)
         return min(mark for mark in marks if mark is not None)
 
-    def _next_event(self, next_arrival: float) -> tuple[float, set[tuple[int, int]]]:
-        """When the next thing happens, and the GPUs (free-memory) whose growing jobs overflow them then."""
-        soonest = next_arrival
+    def _next_event(
+        self, next_arrival: float, rates: dict[int, float]
+    ) -> tuple[float, dict[int, float], set[tuple[int, int]]]:
+        """When the next thing happens; the work done then by each attempt whose own milestone it is (reached
+        exactly, however the clock rounds: else a milestone closer than it can resolve is never reached);
+        and the GPUs (free-memory) whose growing jobs overflow them then."""
+        soonest, marks = next_arrival, {}
         for a in self.running:
-            soonest = min(soonest, self.now + max(0.0, self._milestone(a) - a.done) / self._rate(a))
-        overflows = self._overflows() if self.policy == "free-memory" else {}
+            mark = self._milestone(a)
+            marks[id(a)] = (self.now + max(0.0, mark - a.done) / rates[id(a)], mark)
+            soonest = min(soonest, marks[id(a)][0])
+        overflows = self._overflows(rates) if self.policy == "free-memory" else {}
         soonest = min([soonest, *overflows.values()])
-        return soonest, {gpu for gpu, at in overflows.items() if at <= soonest}
+        reached = {key: mark for key, (at, mark) in marks.items() if at <= soonest}
+        return soonest, reached, {gpu for gpu, at in overflows.items() if at <= soonest}
 
-    def _overflows(self) -> dict[tuple[int, int], float]:
+    def _overflows(self, rates: dict[int, float]) -> dict[tuple[int, int], float]:
         """When the growing jobs on each GPU that has some first need more memory than it has."""
         times = {}
         for n in range(self.nodes):
             for g, size in enumerate(self.sizes):
                 on = self._on(n, g)
                 slope = sum(
-                    a.job.peak_mb / (GROWTH_FRACTION * a.job.duration_s) * self._rate(a) for a in on if a.growing()
+                    a.job.peak_mb / (GROWTH_FRACTION * a.job.duration_s) * rates[id(a)] for a in on if a.growing()
                 )
                 if slope > 0:
                     times[n, g] = self.now + max(0.0, size - self._used(n, g)) / slope
@@ -308,18 +322,17 @@ class Simulation:
                 for waiting, node, gpus in self._decide():
                     self._start(waiting, node, gpus)
             next_arrival = arrivals[0][1].submit_s if arrivals else math.inf
-            soonest, full = self._next_event(next_arrival)
+            rates = self._rates()
+            soonest, reached, full = self._next_event(next_arrival, rates)
             if soonest == math.inf:
                 for w in list(self.waiting):  # nothing runs, nothing arrives: these can never start
                     self.result.finished[w.index] = (self.now, False)
                     self.waiting.remove(w)
                 break
-            rates = {id(a): self._rate(a) for a in self.running}
             elapsed = max(0.0, soonest - self.now)
             for a in self.running:
-                mark = self._milestone(a)
-                if self.now + max(0.0, mark - a.done) / rates[id(a)] <= soonest:
-                    a.done = mark  # its own event: reached exactly, however the clock rounds (else no progress)
+                if id(a) in reached:
+                    a.done = reached[id(a)]
                 else:
                     a.done = min(a.job.duration_s, a.done + elapsed * rates[id(a)])
             self.now = soonest
