@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from app.scheduler.cluster import Cluster
 from app.scheduler.forecast import forecast
 from app.scheduler.policy import place
 from app.scheduler.state import GpuState, NodeState, PendingJob
@@ -318,3 +319,58 @@ def test_the_forecast_keeps_each_users_running_quota() -> None:
     estimates = forecast(pending, [node("a", 24000)], 0.0, config=config)
 
     assert estimates == {1: 0.0, 2: 10.0, 3: 20.0}
+
+
+class _Forgetful(dict):
+    """A Cluster.misses that never remembers: every job is judged on its own."""
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("config", [PolicyConfig(), PolicyConfig(critical_share=None)], ids=["default", "backfill"])
+def test_judging_alike_queued_jobs_once_changes_no_decision(
+    config: PolicyConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweeps (jobs alike in request, GPUs and load, differing in run time) on random states: placements,
+    reasons and estimated starts are those of judging every job on its own."""
+    rng = random.Random(5)
+    states = []
+    for _ in range(150):
+        running = [
+            RunningJob(f"n{i % 2}", (i % 3,), rng.randint(1000, 8000), rng.uniform(0.1, 0.9), rng.uniform(10, 900))
+            for i in range(rng.randint(0, 8))
+        ]
+        nodes = [
+            NodeState(
+                f"n{n}",
+                rng.randint(1, 6),
+                tuple(GpuState(g, rng.randint(0, 24000), rng.uniform(0.3, 1.5)) for g in range(3)),
+            )
+            for n in range(2)
+        ]
+        vram, gpus = rng.choice([2000, 4000, 9000, 16000]), rng.choice([1, 1, 2])
+        shapes = [(vram, gpus, 0.2), (vram, gpus, 0.9), (rng.choice([3000, 12000]), 1, rng.choice([0.3, 0.6]))]
+        pending = [
+            PendingJob(
+                i,
+                vram,
+                gpus,
+                submitted=float(i),
+                user=rng.choice("ab"),
+                util=util,
+                duration_s=rng.choice([None, 60.0, 5000.0, 90000.0]),
+            )
+            for i, (vram, gpus, util) in enumerate(rng.choice(shapes) for _ in range(rng.randint(5, 40)))
+        ]
+        states.append((pending, nodes, running))
+    remembered = [schedule(p, n, 0.0, running=r, config=config) for p, n, r in states]
+    init = Cluster.__init__
+
+    def forgetful(self: Cluster, *args: object) -> None:
+        init(self, *args)  # type: ignore[arg-type]
+        self.misses = _Forgetful()
+
+    monkeypatch.setattr(Cluster, "__init__", forgetful)
+    assert [schedule(p, n, 0.0, running=r, config=config) for p, n, r in states] == remembered
+    assert sum(len(d.placements) for d in remembered) > 100 and sum(len(d.waiting) for d in remembered) > 1000

@@ -35,6 +35,7 @@ class Cluster:
         self.version = 0  # bumped by every placement: cached explanations are stale after one
         self.reasons: dict[tuple, str] = {}
         self.blocked = "memory"  # what the last failed best_fit lacked
+        self.misses: dict[tuple, str] = {}  # what best_fit found short for jobs alike (see there), this version
         self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
         self.work: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in self.free}
         self.background = dict.fromkeys(self.free, 0.0)  # load of jobs with unknown ends
@@ -95,6 +96,18 @@ class Cluster:
         self.blocked = "memory"
         if job.vram_mb > self.most_free:
             return None  # the common case with a long queue: nothing has room
+        # Whether anything fits depends on these alone (not on the run time, which only ranks the GPUs):
+        # a sweep's queued jobs, alike in them, are judged once until the next placement.
+        alike = (
+            job.vram_mb,
+            job.gpus,
+            job.util,
+            critical and job.duration_s is not None,
+            frozenset(self.avoid),
+        )
+        if alike in self.misses:
+            self.blocked = self.misses[alike]
+            return None
         best: tuple[tuple, Placement] | None = None
         for name in self.nodes:
             ranked = self.ranked[name]
@@ -111,7 +124,10 @@ class Cluster:
             score = (tuple(sum(c[i] for c in chosen) for i in range(len(chosen[0]) - 1)), name)
             if best is None or score < best[0]:
                 best = (score, Placement(job.id, name, tuple(sorted(c[-1] for c in chosen))))
-        return best[1] if best else None
+        if best is None:
+            self.misses[alike] = self.blocked
+            return None
+        return best[1]
 
     def projected(self, job: PendingJob, key: tuple[str, int], now: float, own: bool = False) -> float:
         """When the GPU's known work would end with `job` added; with `own`, when `job` would."""
@@ -131,6 +147,7 @@ class Cluster:
         self.ranked[placement.node] = self._ranked(placement.node)
         self.most_free = max(self.free.values(), default=0)
         self.version += 1
+        self.misses.clear()
         end = now + job.duration_s if job.duration_s is not None else None
         self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
         for index in placement.gpu_indices:
