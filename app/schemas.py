@@ -7,6 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.enums import FailureReason, JobStatus
 
+# The largest INTEGER PostgreSQL stores: ids, sizes and times past it are refused here (422) instead of failing
+# in the database, which would fail every submission of the same group commit with a 500.
+SQL_INT_MAX = 2**31 - 1
+
 
 class EarlyStoppingArgs(BaseModel):
     """keras.callbacks.EarlyStopping's own arguments."""
@@ -51,13 +55,13 @@ class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: Annotated[list[str], Field(min_length=1)]
-    vram_mb: Annotated[int, Field(gt=0, strict=True)] | Literal["auto"]
+    vram_mb: Annotated[int, Field(gt=0, le=SQL_INT_MAX, strict=True)] | Literal["auto"]
     name: Annotated[str | None, Field(max_length=200)] = None
     workdir: str | None = None
     env: dict[str, str] = {}
-    gpus: Annotated[int, Field(ge=1, strict=True)] = 1
-    priority: Annotated[int, Field(strict=True)] = 0
-    time_limit_s: Annotated[int | None, Field(gt=0, strict=True)] = None
+    gpus: Annotated[int, Field(ge=1, le=SQL_INT_MAX, strict=True)] = 1
+    priority: Annotated[int, Field(ge=-SQL_INT_MAX - 1, le=SQL_INT_MAX, strict=True)] = 0
+    time_limit_s: Annotated[int | None, Field(gt=0, le=SQL_INT_MAX, strict=True)] = None
     max_retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 0
     retry_on: list[FailureReason] = [FailureReason.OOM, FailureReason.LOST]
     keras: KerasSettings | None = None
@@ -90,6 +94,15 @@ class JobSubmit(BaseModel):
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"not an environment variable name: {key!r}")
         return env
+
+    @field_validator("command", "name", "workdir", "env")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """A process's arguments, environment and paths cannot hold NUL, nor can PostgreSQL's text."""
+        texts = value if isinstance(value, list) else value.values() if isinstance(value, dict) else [value]
+        if any(text is not None and "\0" in text for text in texts):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class JobOut(BaseModel):
@@ -200,7 +213,7 @@ class ModelVersionOut(BaseModel):
 class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Annotated[int, Field(ge=1, strict=True)]
+    version: Annotated[int, Field(ge=1, le=SQL_INT_MAX, strict=True)]
 
 
 class AliasOut(BaseModel):

@@ -91,6 +91,17 @@ def test_submit_returns_the_job(client: TestClient, auth: dict[str, str], redis:
         {"command": ["true"], "vram_mb": 100, "workdir": "relative/dir"},
         {"command": ["true"], "vram_mb": 100, "env": {"A": 1}},
         {"command": ["true"], "vram_mb": 100, "env": {"A=B": "x"}},
+        # Past what the database holds: a 500 before, and every submission of the same group commit failed with it.
+        {"command": ["true"], "vram_mb": 2**31},
+        {"command": ["true"], "vram_mb": 100, "gpus": 2**31},
+        {"command": ["true"], "vram_mb": 100, "priority": 10**30},
+        {"command": ["true"], "vram_mb": 100, "priority": -(2**31) - 1},
+        {"command": ["true"], "vram_mb": 100, "time_limit_s": 2**31},
+        # NUL: no process takes it in an argument, a path or its environment, and PostgreSQL's text cannot hold it.
+        {"command": ["python", "train.py\x00"], "vram_mb": 100},
+        {"command": ["true"], "vram_mb": 100, "workdir": "/data\x00"},
+        {"command": ["true"], "vram_mb": 100, "env": {"A": "x\x00y"}},
+        {"command": ["true"], "vram_mb": 100, "name": "a\x00"},
     ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(
@@ -175,6 +186,36 @@ def test_unknown_things_are_404_with_a_code(client: TestClient, auth: dict[str, 
         response = client.get(path, headers=auth)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == code, path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/jobs/99999999999999999999",
+        "/api/v1/jobs/2147483648/runs",
+        "/api/v1/jobs/0/metrics",
+        "/api/v1/jobs?cursor=99999999999999999999",
+        "/api/v1/jobs/1/logs?attempt=2147483648",
+        "/api/v1/models/m/versions/99999999999999999999/artifact",
+    ],
+)
+def test_ids_the_database_cannot_hold_are_a_422(client: TestClient, auth: dict[str, str], path: str) -> None:
+    """A 500 from the database's integer range before (SQLite's OverflowError, PostgreSQL's out of range)."""
+    response = client.get(path, headers=auth)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_value_the_database_cannot_hold_is_a_client_error(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    """A NUL in a model's name: SQLite looks for it, PostgreSQL's text cannot hold it (a 500 before)."""
+    response = client.get("/api/v1/models/a%00b/versions", headers=auth)
+
+    postgresql = settings.sqlalchemy_url.startswith("postgresql")
+    assert response.status_code == (422 if postgresql else 404)
+    assert response.json()["error"]["code"] == ("invalid_value" if postgresql else "model_not_found")
 
 
 def test_logs_of_a_queued_job_are_empty_and_of_a_missing_attempt_404(client: TestClient, auth: dict[str, str]) -> None:

@@ -6,13 +6,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.intake import GroupCommit
+from app.api.main import _write_submissions
 from app.config import Settings
 from app.db.models import Job, User
 from app.db.session import transaction
@@ -151,3 +154,21 @@ def test_a_submission_in_another_process_waits_and_counts_the_first_ones_jobs(
     assert type(result).__name__ == "QuotaExceeded"
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == QUOTA
+
+
+def test_a_submission_the_database_refuses_fails_alone_in_its_group_commit(
+    settings: Settings, sessions: sessionmaker[Session], make_user: Callable[..., tuple[User, str]], redis: Redis
+) -> None:
+    """A value validation let through but the database cannot hold (here a priority past its INTEGER, made
+    without validation) rolls back the batch; written again one by one, only that submission fails."""
+    user, _ = make_user("mixed")
+    good = JobSubmit(command=["true"], vram_mb=100)
+    bad = JobSubmit.model_construct(**{**good.model_dump(), "priority": 10**30})
+    state = SimpleNamespace(sessions=sessions, redis=redis, settings=settings)
+
+    results = _write_submissions(state, [Submission(user, good), Submission(user, bad), Submission(user, good)])  # type: ignore[arg-type]
+
+    assert [type(result) for result in results][::2] == [tuple, tuple]
+    assert isinstance(results[1], Exception) and not isinstance(results[1], tuple)
+    with sessions() as session:
+        assert sorted(session.scalars(select(Job.id)).all()) == sorted(r[0].id for r in results[::2])  # type: ignore[index]

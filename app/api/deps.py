@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +18,7 @@ from app.api.intake import GroupCommit
 from app.config import Settings
 from app.db.models import User
 from app.errors import Forbidden
+from app.schemas import SQL_INT_MAX
 from app.services.jobs import Submission, Submitted
 from app.services.users import authenticate, hash_token
 
@@ -83,4 +84,7 @@ async def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]
+# Ids and numbers in a path or query that the database could hold (else a 422, not a 500 from the database).
+RowId = Annotated[int, Path(ge=1, le=SQL_INT_MAX)]
+RowNumber = Annotated[int | None, Query(ge=1, le=SQL_INT_MAX)]
 AdminUser = Annotated[User, Depends(_admin)]

@@ -6,6 +6,7 @@ from functools import partial
 
 from fastapi import FastAPI
 from redis import Redis
+from sqlalchemy.exc import OperationalError
 from starlette.datastructures import State
 
 from app.api import errors
@@ -40,13 +41,33 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _write_submissions(state: State, batch: list[jobs_service.Submission]) -> list[jobs_service.Submitted | VramqError]:
-    """One group commit, then a nudge to the scheduler if it queued anything."""
-    with transaction(state.sessions) as session:
-        results = jobs_service.submit_many(session, state.redis, batch, state.settings)
-    if any(not isinstance(result, VramqError) for result in results):
+def _write_submissions(state: State, batch: list[jobs_service.Submission]) -> list[jobs_service.Submitted | Exception]:
+    """One group commit, then a nudge to the scheduler if it queued anything. A batch the database refuses
+    (a value it cannot hold) wrote nothing: it is written again a submission at a time, so that only the bad
+    one fails. A database that is down fails them all, each at once."""
+    try:
+        results: list[jobs_service.Submitted | Exception] = [*_commit(state, batch)]
+    except OperationalError:
+        raise
+    except Exception:
+        if len(batch) == 1:
+            raise
+        results = []
+        for submission in batch:
+            try:
+                results += _commit(state, [submission])
+            except OperationalError:
+                raise
+            except Exception as refused:  # noqa: BLE001 - this submission's own failure, for its caller alone
+                results.append(refused)
+    if any(not isinstance(result, Exception) for result in results):
         wake_scheduler(state.redis)
     return results
+
+
+def _commit(state: State, batch: list[jobs_service.Submission]) -> list[jobs_service.Submitted | VramqError]:
+    with transaction(state.sessions) as session:
+        return jobs_service.submit_many(session, state.redis, batch, state.settings)
 
 
 def app_from_env() -> FastAPI:

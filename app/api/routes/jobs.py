@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from app.api.deps import CurrentUser, RedisDep, SessionDep, SubmissionsDep, WritesDep
+from app.api.deps import CurrentUser, RedisDep, RowId, RowNumber, SessionDep, SubmissionsDep, WritesDep
 from app.db.session import transaction
 from app.enums import JobStatus
 from app.schemas import JobOut, JobSubmit, MetricOut, RunOut
@@ -28,7 +28,7 @@ def list_jobs(
     status: JobStatus | None = None,
     user: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[int | None, Query(ge=1, description="X-Next-Cursor of the previous page")] = None,
+    cursor: Annotated[RowNumber, Query(description="X-Next-Cursor of the previous page")] = None,
 ) -> list[JobOut]:
     page = jobs.list_jobs(session, status=status, user=user, limit=limit, before_id=cursor)
     if len(page) == limit:
@@ -37,13 +37,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get(job_id: int, _: CurrentUser, session: SessionDep, redis: RedisDep) -> JobOut:
+def get(job_id: RowId, _: CurrentUser, session: SessionDep, redis: RedisDep) -> JobOut:
     [out] = jobs.to_outs(session, redis, [jobs.get(session, job_id)])
     return out
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
-def cancel(job_id: int, user: CurrentUser, writes: WritesDep) -> JobOut:
+def cancel(job_id: RowId, user: CurrentUser, writes: WritesDep) -> JobOut:
     with transaction(writes) as session:
         return jobs.to_out(jobs.cancel(session, job_id, user))
 
@@ -51,11 +51,11 @@ def cancel(job_id: int, user: CurrentUser, writes: WritesDep) -> JobOut:
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
 def logs(
     request: Request,
-    job_id: int,
+    job_id: RowId,
     _: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
-    attempt: Annotated[int | None, Query(ge=1)] = None,
+    attempt: RowNumber = None,
     follow: bool = False,
 ) -> Response:
     """stdout and stderr of an attempt; with follow=true, streamed until the attempt (or the job) ends."""
@@ -68,10 +68,10 @@ def logs(
 
 
 @router.get("/{job_id}/runs")
-def runs(job_id: int, _: CurrentUser, session: SessionDep) -> list[RunOut]:
+def runs(job_id: RowId, _: CurrentUser, session: SessionDep) -> list[RunOut]:
     return [RunOut.model_validate(run) for run in jobs.runs(session, job_id)]
 
 
 @router.get("/{job_id}/metrics")
-def metrics(job_id: int, _: CurrentUser, session: SessionDep) -> list[MetricOut]:
+def metrics(job_id: RowId, _: CurrentUser, session: SessionDep) -> list[MetricOut]:
     return [MetricOut.model_validate(metric) for metric in jobs.metrics(session, job_id)]

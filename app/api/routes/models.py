@@ -5,7 +5,7 @@ from fastapi import APIRouter, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, WritesDep
+from app.api.deps import CurrentUser, RedisDep, RowId, SessionDep, SettingsDep, WritesDep
 from app.db.session import transaction
 from app.schemas import AliasOut, AliasSet, JobOut, JobSubmit, ModelOut, ModelVersionOut
 from app.services import jobs, models
@@ -26,7 +26,7 @@ def versions(name: str, _: CurrentUser, session: SessionDep) -> list[ModelVersio
 
 
 @router.get("/{name}/versions/{version}/artifact")
-def artifact(name: str, version: int, _: CurrentUser, session: SessionDep) -> FileResponse:
+def artifact(name: str, version: RowId, _: CurrentUser, session: SessionDep) -> FileResponse:
     """The model file, streamed, with its sha256 in X-Vramq-Sha256 (and as the ETag)."""
     found = models.artifact(session, name, version)
     path = Path(found.path)
@@ -54,7 +54,7 @@ def delete_alias(name: str, alias: str, _: CurrentUser, writes: WritesDep) -> Re
 
 @router.post("/{name}/versions/{version}/retrain", status_code=status.HTTP_201_CREATED)
 def retrain(
-    name: str, version: int, user: CurrentUser, writes: WritesDep, redis: RedisDep, settings: SettingsDep
+    name: str, version: RowId, user: CurrentUser, writes: WritesDep, redis: RedisDep, settings: SettingsDep
 ) -> JobOut:
     """Submit again the spec that produced this version, sized from its history when there is one."""
     with transaction(writes) as session:
