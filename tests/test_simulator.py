@@ -225,29 +225,20 @@ def test_a_trace_saved_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
     assert load_trace(tmp_path / "t.csv") == [TraceJob("x", 0.0, "u", 100, 50, 10.0, 0.5, gpus=1)]
 
 
-def test_cli_prints_json_and_writes_the_schedule(tmp_path: Path) -> None:
-    write_trace(tmp_path / "t.csv", generate(60, 1.2, GPUS, seed=5))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "simulate",
-            "--trace",
-            str(tmp_path / "t.csv"),
-            "--gpus",
-            "4x24GiB",
-            "--policy",
-            "vramq",
-            "--schedule-out",
-            str(tmp_path / "s.csv"),
-            "--json",
-        ],
+def simulate_cli(trace: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`vramq simulate --trace TRACE --gpus 4x24GiB --json OPTIONS...` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "simulate", "--trace", str(trace), "--gpus", "4x24GiB", "--json", *options],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=REPO,
     )
+
+
+def test_cli_prints_json_and_writes_the_schedule(tmp_path: Path) -> None:
+    write_trace(tmp_path / "t.csv", generate(60, 1.2, GPUS, seed=5))
+    result = simulate_cli(tmp_path / "t.csv", "--policy", "vramq", "--schedule-out", str(tmp_path / "s.csv"))
 
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
@@ -295,23 +286,7 @@ def test_cli_names_the_refused_jobs(tmp_path: Path) -> None:
     write_trace(
         tmp_path / "t.csv", [TraceJob("huge", 0.0, "a", 90000, 1000, 10.0, 0.5), *generate(5, 1.0, GPUS, seed=2)]
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "simulate",
-            "--trace",
-            str(tmp_path / "t.csv"),
-            "--gpus",
-            "4x24GiB",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    result = simulate_cli(tmp_path / "t.csv")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["refused"] == 1
