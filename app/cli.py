@@ -216,6 +216,10 @@ def simulate(
     try:
         sizes = parse_gpu_spec(gpus)
         jobs = load_trace(trace)
+        if schedule_out and not os.access(schedule_out.parent, os.W_OK):  # told now, not after the replay
+            raise ValueError(
+                f"cannot write the schedule to {schedule_out}: {schedule_out.parent} is not a writable folder"
+            )
     except (TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -318,3 +318,12 @@ def test_a_big_job_is_not_starved_by_a_stream_of_small_ones() -> None:
     quick_starts = [a.start for a in result.attempts if a.job.job_id.startswith("q")]
     assert max(quick_starts) < attempt.start  # jobs that end in time did start ahead of it (backfill)
     assert all(a.start >= attempt.start for a in result.attempts if a.job.job_id.startswith("s") and a.start > 1000.0)
+
+
+def test_cli_refuses_a_schedule_it_could_not_write_before_replaying(tmp_path: Path) -> None:
+    """A traceback after the whole replay before."""
+    write_trace(tmp_path / "t.csv", generate(5, 1.0, GPUS, seed=2))
+    result = simulate_cli(tmp_path / "t.csv", "--schedule-out", str(tmp_path / "missing" / "s.csv"))
+
+    assert result.returncode == 2
+    assert "missing is not a writable folder" in result.stderr and "Traceback" not in result.stderr
