@@ -47,22 +47,24 @@ def _write_submissions(state: State, batch: list[jobs_service.Submission]) -> li
     one fails. A database that is down fails them all, each at once."""
     try:
         results: list[jobs_service.Submitted | Exception] = [*_commit(state, batch)]
-    except OperationalError:
-        raise
-    except Exception:
-        if len(batch) == 1:
+    except Exception as exc:
+        if isinstance(exc, OperationalError) or len(batch) == 1:
             raise
-        results = []
-        for submission in batch:
-            try:
-                results += _commit(state, [submission])
-            except OperationalError:
-                raise
-            except Exception as refused:  # noqa: BLE001 - this submission's own failure, for its caller alone
-                results.append(refused)
+        results = [_alone(state, submission) for submission in batch]
     if any(not isinstance(result, Exception) for result in results):
         wake_scheduler(state.redis)
     return results
+
+
+def _alone(state: State, submission: jobs_service.Submission) -> jobs_service.Submitted | Exception:
+    """One submission in a transaction of its own: its result, or what refused it."""
+    try:
+        [result] = _commit(state, [submission])
+    except OperationalError:
+        raise
+    except Exception as refused:  # noqa: BLE001 - this submission's own failure, for its caller alone
+        return refused
+    return result
 
 
 def _commit(state: State, batch: list[jobs_service.Submission]) -> list[jobs_service.Submitted | VramqError]:
