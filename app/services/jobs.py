@@ -102,12 +102,8 @@ def check_satisfiable(nodes: Sequence[NodeSnapshot], vram_mb: int, gpus: int, ma
     """Refuse a request that no live node could hold even when idle; with no live node, accept and wait."""
     if not nodes:
         return
-    # For each node with enough GPUs: the most that `gpus` of its GPUs can each give.
-    capacities = [
-        sorted((gpu.total_mb - margin_mb for gpu in node.gpus), reverse=True)[gpus - 1]
-        for node in nodes
-        if len(node.gpus) >= gpus
-    ]
+    rooms = (sizing.per_gpu_room([gpu.total_mb - margin_mb for gpu in node.gpus], gpus) for node in nodes)
+    capacities = [room for room in rooms if room is not None]
     if not capacities:
         most = max(len(node.gpus) for node in nodes)
         raise VramUnsatisfiable(f"{gpus} GPUs requested; the largest live node has {most}")

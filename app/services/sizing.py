@@ -108,3 +108,8 @@ def grown_request(vram_mb: int, largest_mb: int | None) -> int:
     """The request of the attempt after an OOM: x1.5, rounded up, capped at the largest GPU."""
     grown = math.ceil(vram_mb * OOM_GROWTH)
     return max(vram_mb, min(grown, largest_mb)) if largest_mb else grown
+
+
+def per_gpu_room(sizes_mb: Sequence[int], gpus: int) -> int | None:
+    """The most that each of `gpus` GPUs of one node can hold (its `gpus`-th largest); None if it has fewer."""
+    return sorted(sizes_mb, reverse=True)[gpus - 1] if len(sizes_mb) >= gpus else None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from app.scheduler.fairshare import DecayedUsage
 from app.scheduler.policy import schedule
 from app.scheduler.state import DEFAULT_UTIL, GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState
-from app.services.sizing import grown_request
+from app.services.sizing import grown_request, per_gpu_room
 from app.simulator.trace import TraceJob
 
 POLICIES = ("vramq", "fifo-ledger", "exclusive", "free-memory")
@@ -234,7 +234,8 @@ class Simulation:
 
     def holdable(self, job: TraceJob) -> bool:
         """Whether an idle node could take the job: `gpus` of its GPUs each as large as the request."""
-        return job.gpus <= len(self.sizes) and sorted(self.sizes, reverse=True)[job.gpus - 1] >= job.vram_mb
+        room = per_gpu_room(self.sizes, job.gpus)  # the rule the live intake applies (check_satisfiable)
+        return room is not None and room >= job.vram_mb
 
     # --- events -----------------------------------------------------------------------------------
 
