@@ -3,13 +3,36 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from app.enums import FailureReason, JobStatus
 
 # The largest INTEGER PostgreSQL stores: ids, sizes and times past it are refused here (422) instead of failing
 # in the database, which would fail every submission of the same group commit with a 500.
 SQL_INT_MAX = 2**31 - 1
+
+
+def _one_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One message for the request, not one per member of its union ("constrained-int", "literal['auto']")."""
+    try:
+        return handler(value)
+    except ValidationError:
+        message = 'should be a whole number of MiB from 1 to {most}, or "auto"'
+        raise PydanticCustomError("vram_request", message, {"most": SQL_INT_MAX}) from None
+
+
+VramRequest = Annotated[
+    Annotated[int, Field(gt=0, le=SQL_INT_MAX, strict=True)] | Literal["auto"], WrapValidator(_one_error)
+]
 
 
 class EarlyStoppingArgs(BaseModel):
@@ -55,7 +78,7 @@ class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: Annotated[list[str], Field(min_length=1)]
-    vram_mb: Annotated[int, Field(gt=0, le=SQL_INT_MAX, strict=True)] | Literal["auto"]
+    vram_mb: VramRequest
     name: Annotated[str | None, Field(max_length=200)] = None
     workdir: str | None = None
     env: dict[str, str] = {}
@@ -84,7 +107,7 @@ class JobSubmit(BaseModel):
     @classmethod
     def _absolute_workdir(cls, workdir: str | None) -> str | None:
         if workdir is not None and not workdir.startswith("/"):
-            raise ValueError("workdir must be an absolute path on the node")
+            raise ValueError("must be an absolute path on the node")
         return workdir
 
     @field_validator("env")

@@ -119,7 +119,29 @@ def test_malformed_json_is_a_clear_422(client: TestClient, auth: dict[str, str])
     response = client.post("/api/v1/jobs", content=b"{not json", headers={**auth, "Content-Type": "application/json"})
 
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "validation_error"
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["message"].startswith("body: not valid JSON (") and "at character 1" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # One sentence for the request, not one per member of its int-or-"auto" union.
+        ({"vram_mb": 0}, 'vram_mb: should be a whole number of MiB from 1 to 2147483647, or "auto"'),
+        ({"vram_mb": "lots"}, 'vram_mb: should be a whole number of MiB from 1 to 2147483647, or "auto"'),
+        # Our own checks in their own words, without pydantic's "Value error, ".
+        ({"workdir": "relative/dir"}, "workdir: must be an absolute path on the node"),
+        ({"env": {"A=B": "x"}}, "env: not an environment variable name: 'A=B'"),
+    ],
+)
+def test_a_refused_submission_says_what_is_wrong_in_one_sentence(
+    client: TestClient, auth: dict[str, str], body: dict, message: str
+) -> None:
+    response = client.post("/api/v1/jobs", json={"command": ["true"], "vram_mb": 100, **body}, headers=auth)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == message
 
 
 def test_request_larger_than_any_gpu_is_unsatisfiable(

@@ -19,10 +19,17 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def _describe(exc: RequestValidationError) -> str:
+    """One "field: what is wrong" per error, in the words of the check that refused it."""
     parts = []
     for error in exc.errors():
+        message = error.get("msg")
+        if error.get("type") == "json_invalid":
+            parts.append(f"body: not valid JSON ({error['ctx']['error']} at character {error['loc'][-1]})")
+            continue
+        if error.get("type") == "value_error":  # our validators' own words, without pydantic's "Value error, "
+            message = str(error["ctx"]["error"])
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        parts.append(f"{where or 'body'}: {error.get('msg')}")
+        parts.append(f"{where or 'body'}: {message}")
     return "; ".join(parts)
 
 
