@@ -15,6 +15,7 @@ import httpx
 import typer
 
 from app.config import Settings
+from app.units import parse_size_mb
 
 app = typer.Typer(help="vramq: share a GPU node without killing each other's jobs.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -285,16 +286,40 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
+def _vram_request(text: str) -> int | str:
+    """--vram: MiB (4000), a size with its unit (8GiB), or auto (what the job's history suggests)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_size_mb(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}, or auto") from None
+
+
+def _env_items(items: list[str] | None) -> list[str] | None:
+    for item in items or []:
+        if not item.partition("=")[0] or "=" not in item:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
+    return items
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    vram: Annotated[int, typer.Option("--vram", "-m", help="VRAM per GPU, MiB")],
+    vram: Annotated[
+        str, typer.Option("--vram", "-m", parser=_vram_request, help="VRAM per GPU: MiB, a size (8GiB), or auto")
+    ],
     gpus: Annotated[int, typer.Option(help="GPUs")] = 1,
     name: Annotated[str | None, typer.Option(help="job name")] = None,
     priority: int = 0,
     time_limit: Annotated[int | None, typer.Option(help="seconds")] = None,
     retries: Annotated[int, typer.Option(help="max retries")] = 0,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", callback=_env_items, help="KEY=VALUE, repeatable")
+    ] = None,
+    retry_on: Annotated[
+        list[str] | None, typer.Option(help="a failure to retry (oom, lost, error, timeout, cap_exceeded), repeatable")
+    ] = None,
     workdir: Annotated[Path | None, typer.Option(help="default: the current directory")] = None,
 ) -> None:
     """Submit a job: vramq submit --vram 4000 -- python train.py"""
@@ -309,6 +334,7 @@ def submit(
         "priority": priority,
         "time_limit_s": time_limit,
         "max_retries": retries,
+        "retry_on": retry_on,
         "env": dict(item.split("=", 1) for item in env or []),
         "workdir": str((workdir or Path.cwd()).resolve()),
     }

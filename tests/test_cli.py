@@ -1,5 +1,6 @@
 """The `vramq` command as admins and researchers run it: real processes against a real API."""
 
+import json
 import subprocess
 import sys
 import time
@@ -51,18 +52,19 @@ def test_the_api_logs_each_request_only_when_asked(settings: Settings, access_lo
 def test_researcher_commands(settings: Settings, api_url: str, cluster: Cluster, tmp_path: Path) -> None:
     token = vramq(settings, "user", "add", "frank").stdout.strip().splitlines()[-1]
     client = {"VRAMQ_API_URL": api_url, "VRAMQ_TOKEN": token}
-    (tmp_path / "hello.py").write_text("print('hello from', __import__('os').getcwd())\n")
+    (tmp_path / "hello.py").write_text("import os; print(os.environ['GREETING'], 'from', os.getcwd())\n")
 
-    submitted = vramq(
-        settings, "submit", "--vram", "1000", "--workdir", str(tmp_path), "--", "python", "hello.py", **client
-    )
+    options = ["--vram", "1GiB", "-e", "GREETING=hello=hi", "--retry-on", "error", "--workdir", str(tmp_path)]
+    submitted = vramq(settings, "submit", *options, "--", "python", "hello.py", **client)
     assert submitted.returncode == 0, submitted.stderr
     job_id = int(submitted.stdout.split()[1])
     cluster.wait(job_id)
 
     assert "succeeded" in vramq(settings, "ls", **client).stdout
-    assert f"hello from {tmp_path}" in vramq(settings, "logs", str(job_id), **client).stdout
-    assert f"hello from {tmp_path}" in vramq(settings, "logs", "-f", str(job_id), **client).stdout
+    assert f"hello=hi from {tmp_path}" in vramq(settings, "logs", str(job_id), **client).stdout
+    shown = json.loads(vramq(settings, "show", str(job_id), **client).stdout)
+    assert shown["vram_mb"] == 1024 and shown["retry_on"] == ["error"]
+    assert f"hello=hi from {tmp_path}" in vramq(settings, "logs", "-f", str(job_id), **client).stdout
     assert '"outcome": "succeeded"' in vramq(settings, "show", str(job_id), **client).stdout
     assert "node-a:0" in vramq(settings, "gpus", **client).stdout
     refused = vramq(settings, "submit", "--vram", "99999", "--", "true", **client)
@@ -96,3 +98,19 @@ def test_the_cli_says_why_a_job_waits_and_passes_on_warnings(
     assert "(estimated start " in waiting_line  # the blocker's time limit dates it
     for job_id in (blocker.stdout.split()[1], waiting_id):
         vramq(settings, "cancel", job_id, **client)
+    auto = vramq(settings, "submit", "--vram", "auto", *small, **client)
+    shown = json.loads(vramq(settings, "show", auto.stdout.split()[1], **client).stdout)
+    assert shown["vram_mb"] == shown["suggested_vram_mb"] < 1000  # from the 300 MB peak
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--vram", "lots"], "not a memory size: 'lots'"), (["--vram", "100", "-e", "FOO"], "expected KEY=VALUE")],
+)
+def test_submit_options_are_checked_before_anything_is_sent(
+    settings: Settings, option: list[str], message: str
+) -> None:
+    nowhere = {"VRAMQ_API_URL": "http://127.0.0.1:9", "VRAMQ_TOKEN": "x"}  # sending would fail "cannot reach"
+    result = vramq(settings, "submit", *option, "--", "true", **nowhere)
+
+    assert result.returncode == 2 and message in result.stderr
