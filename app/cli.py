@@ -146,27 +146,36 @@ def up() -> None:
             err=True,
         )
     upgrade(settings)
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
     if not embedded_redis.answers(settings.redis_url):
         typer.echo(f"no Redis at {settings.redis_url}: starting one with its data in {settings.home / 'redis'}")
-        children.append(embedded_redis.start(settings.redis_url, settings.home))
+        children["redis"] = embedded_redis.start(settings.redis_url, settings.home)
     for role in ("api", "scheduler", "node"):
-        children.append(subprocess.Popen([sys.executable, "-m", "app.cli", role], env=env))
+        children[role] = subprocess.Popen([sys.executable, "-m", "app.cli", role], env=env)
     typer.echo(f"vramq is up: http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
     stop = threading.Event()
     _stop_on_signals(stop)
-    while not stop.is_set() and all(child.poll() is None for child in children):
+    while not stop.is_set() and all(child.poll() is None for child in children.values()):
         stop.wait(0.5)
-    for child in reversed(children):  # the node first, Redis last
+    for role, child in children.items():
+        if not stop.is_set() and child.returncode is not None:
+            typer.secho(f"vramq up: the {role} {_ended(child.returncode)}; stopping everything", fg="red", err=True)
+    for child in reversed(children.values()):  # the node first, Redis last
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
-    failed = [child.args for child in children if child.returncode not in (0, -signal.SIGTERM)]
+    failed = [child.args for child in children.values() if child.returncode not in (0, -signal.SIGTERM)]
     if failed and not stop.is_set():
         raise typer.Exit(1)
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
 
 
 @app.command()

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from app.config import Settings
-from tests.conftest import REPO, Cluster, settings_env, start_api
+from tests.conftest import REPO, Cluster, free_port, settings_env, start_api
 
 
 def vramq(settings: Settings, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
@@ -114,3 +115,49 @@ def test_submit_options_are_checked_before_anything_is_sent(
     result = vramq(settings, "submit", *option, "--", "true", **nowhere)
 
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_up_runs_a_job_and_stops_everything_when_one_part_dies(settings: Settings) -> None:
+    """`make run`: API, scheduler and node in one command; one of them dying stops the rest, saying which."""
+    port = free_port()
+    env = settings_env(settings.model_copy(update={"port": port, "gpus": "1x8GiB"}))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not _answers(f"{url}/healthz"):
+            assert time.monotonic() < deadline and up.poll() is None, "vramq up did not start"
+            time.sleep(0.2)
+        token = vramq(settings, "user", "add", "hana").stdout.strip().splitlines()[-1]
+        headers = {"Authorization": f"Bearer {token}"}
+        job = httpx.post(f"{url}/api/v1/jobs", json={"command": ["true"], "vram_mb": 100}, headers=headers).json()
+        while (status := httpx.get(f"{url}/api/v1/jobs/{job['id']}", headers=headers).json()["status"]) != "succeeded":
+            assert time.monotonic() < deadline + 30 and status not in ("failed", "cancelled"), status
+            time.sleep(0.2)
+
+        parts = psutil.Process(up.pid).children(recursive=True)
+        [scheduler] = [p for p in parts if p.cmdline()[-1:] == ["scheduler"]]
+        scheduler.kill()
+        _, stderr = up.communicate(timeout=30)
+
+        assert up.returncode == 1
+        assert "vramq up: the scheduler was killed by SIGKILL; stopping everything" in stderr
+        assert not [p for p in parts if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
