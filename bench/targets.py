@@ -7,7 +7,9 @@ Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 an
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
 With --explain, each makespan miss names the term of the lower bound that sets it (the longest job, the
 memory area or the compute area) and the jobs that ended past the limit: "late" if it started after the
-last moment from which running alone would have met it, else "slowed" (it shared compute).
+last moment from which running alone would have met it, else "slowed" (it shared compute); its wait is split
+by what the policy said it lacked: memory, compute (the GPUs with room were at the cap), held (for the
+reservation of another job), critical (waiting for a GPU rather than sharing one), slots, quota.
 By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
@@ -33,18 +35,21 @@ def limit(load: float) -> float:
     return 1.3 if load >= 2.5 else 1.15
 
 
-def culprits(trace: list[TraceJob], result: Result, deadline: float, gpu_mb: int) -> tuple[str, str]:
+def culprits(trace: list[TraceJob], result: Result, deadline: float) -> tuple[str, str]:
     """The jobs that ended after `deadline`, latest first (size, wait, why), and the kind of the last:
-    started late needing over half a GPU (it waited for a GPU to empty), started late, or slowed."""
+    slowed, or started late for want of what it lacked longest (memory, compute, held...)."""
     rows = []
     for index, (end, _) in result.finished.items():
         if end > deadline:
             job, start = trace[index], result.first_start[index]
             late = start > deadline - job.duration_s
             why = "late" if late else f"slowed x{(end - start) / job.duration_s:.2f}"
-            kind = ("late, over half a GPU" if 2 * job.vram_mb > gpu_mb else "late") if late else "slowed"
+            lacked = sorted(result.waited[index].items(), key=lambda item: -item[1])
+            kind = f"late for {lacked[0][0]}" if late and lacked else "late" if late else "slowed"
+            lacking = ", ".join(f"{what} {seconds:.0f}" for what, seconds in lacked if seconds >= 1)
             text = f"{job.job_id} {job.vram_mb} MB util {job.util:g} {job.duration_s:.0f} s, waited "
-            rows.append((end, text + f"{start - job.submit_s:.0f} s: {why}", kind))
+            text += f"{start - job.submit_s:.0f} s" + (f" ({lacking})" if lacking else "")
+            rows.append((end, f"{text}: {why}", kind))
     rows.sort(reverse=True)
     return f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3]), rows[0][2]
 
@@ -78,7 +83,7 @@ def check(
     if explain and ratio > limit(load):
         terms = bound_terms(trace, len(sizes), sum(sizes))
         term = max(terms, key=lambda name: terms[name])
-        text, kind = culprits(trace, result, limit(load) * vramq["lower_bound_s"], max(sizes))
+        text, kind = culprits(trace, result, limit(load) * vramq["lower_bound_s"])
         why = (f"bound set by {term}; {text}", kind, term)
     bad = infeasibilities(trace, schedule_rows(sim, result), sizes, ledger=True)
     sim = Simulation(trace, sizes, policy="exclusive")

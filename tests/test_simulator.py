@@ -109,6 +109,18 @@ def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:
         Simulation(jobs, [24576], policy="exclusive", config=CONFIGS["vramq"])
 
 
+def test_a_jobs_wait_is_split_by_what_it_lacked() -> None:
+    """bench/targets.py --explain: two busy jobs cannot share compute under the cap; a 20 GiB job arriving
+    at t=10 finds no GPU with that much memory until both have ended."""
+    busy = [TraceJob(f"j{i}", 0.0, "u", 6000, 5000, 1000.0, 0.9) for i in range(2)]
+    big = TraceJob("big", 10.0, "v", 20000, 5000, 10.0, 0.1)
+
+    result = Simulation([*busy, big], [24576]).run()
+
+    assert [a.start for a in result.attempts] == [0.0, 1000.0, 2000.0]
+    assert result.waited == {1: {"compute": 1000.0}, 2: {"memory": 1990.0}}
+
+
 def test_oom_retries_grow_the_request_under_a_ledger() -> None:
     liar = TraceJob("liar", 0.0, "a", 4000, 9000, 100.0, 0.5)
     sim = Simulation([liar], GPUS, policy="vramq")

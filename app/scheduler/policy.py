@@ -95,11 +95,11 @@ def schedule(
         """Place the job or record why it waits; True when placed."""
         nonlocal reservation, blocked_by
         if blocked_by is not None and not config.backfill:
-            decision.waiting[job.id] = Wait(f"waiting behind job {blocked_by.id} (strict order)")
+            decision.waiting[job.id] = Wait(f"waiting behind job {blocked_by.id} (strict order)", kind="order")
             return False
         quota = _quota_reason(job, counts.get(job.user, [0, 0]), config.quotas)
         if quota:
-            decision.waiting[job.id] = Wait(quota)
+            decision.waiting[job.id] = Wait(quota, kind="quota")
             return False
         urgent = job.id in critical
         placement = cluster.best_fit(job, config.compute_cap, now, urgent)
@@ -128,7 +128,7 @@ def schedule(
             if config.backfill:
                 reservation = later or reserve(cluster, job, now, config.compute_cap)
         start = reservation.start if reservation is not None and reservation.job is job else None
-        decision.waiting[job.id] = Wait(_why(cluster, job, blocked, reservation, config.compute_cap), start)
+        decision.waiting[job.id] = Wait(_why(cluster, job, blocked, reservation, config.compute_cap), start, blocked)
         return False
 
     for job in sorted((p for p in pending if p.id in critical), key=lambda p: (-(p.duration_s or 0), p.id)):

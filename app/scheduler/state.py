@@ -76,6 +76,7 @@ class Placement:
 class Wait:
     reason: str
     estimated_start: float | None = None
+    kind: str = ""  # what it lacks, for tallies: memory, slots, compute, held, critical, quota, order
 
 
 @dataclass

@@ -81,6 +81,10 @@ class Result:
     finished: dict[int, tuple[float, bool]] = field(default_factory=dict)  # index -> (end, succeeded)
     refused: list[int] = field(default_factory=list)  # indices of jobs no node could ever hold
     decisions: int = 0
+    # Ledger policies: each job's time queued by what it lacked (Wait.kind: memory, compute, held...).
+    waited: defaultdict[int, defaultdict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
 
 
 class Simulation:
@@ -114,6 +118,7 @@ class Simulation:
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
+        self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -178,6 +183,9 @@ class Simulation:
         users = {user: UserState(usage=value) for user, value in self.usage.value.items()}
         assert self.config is not None
         decision = schedule(pending, nodes, self.now, running=running, users=users, config=self.config)
+        for index, (since, kind) in self.lacking.items():
+            self.result.waited[index][kind] += self.now - since
+        self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
         by_index = {w.index: w for w in self.waiting}
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
 
