@@ -7,16 +7,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy import select
 
+from app.config import Settings
 from app.constants import RUN_LOG_KEEP_BYTES, RUN_LOG_MAX_BYTES, RUN_LOG_TTL_S
 from app.db.models import Run
 from app.enums import FailureReason, JobStatus
 from app.services.jobs import _read_log
 from app.services.models import file_sha256
 from tests.conftest import Cluster
+from worker import task
 from worker.task import LogMirror
 
 
@@ -337,3 +340,22 @@ def test_the_log_copy_follows_the_file_and_keeps_the_end_of_a_long_one(tmp_path:
     assert _read_log(redis, run, 0) == (note.encode() + b"x" * RUN_LOG_KEEP_BYTES, size)
     mirror.finish()  # nothing new: the copy stays as it is
     assert redis.strlen("vramq:log:1:1") == RUN_LOG_KEEP_BYTES
+
+
+def test_a_worker_meets_the_database_before_it_forks_and_keeps_no_connection(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """worker.task.prepare: each forked work horse inherits an engine whose dialect knows the server, and opens
+    its own connections (one shared across a fork would interleave two processes' traffic)."""
+    monkeypatch.setattr(task, "_prepared", None)
+    down = settings.model_copy(update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:9/none"})
+    task.prepare(down)  # a database that is down when the node starts: its jobs connect for themselves
+    assert "database not reachable before the first job" in caplog.text
+
+    task.prepare(settings)
+
+    assert task._prepared is not None
+    prepared_settings, engine = task._prepared
+    assert prepared_settings is settings
+    assert engine.dialect.server_version_info  # met the server: no work horse asks again
+    assert engine.pool.checkedin() == engine.pool.checkedout() == 0

@@ -22,8 +22,9 @@ class WorkerContext:
     base_dir: Path  # where the node was started; relative script paths fall back to it
 
     @classmethod
-    def create(cls, settings: Settings) -> "WorkerContext":
-        engine = make_engine(settings)
+    def create(cls, settings: Settings, engine: Engine | None = None) -> "WorkerContext":
+        """`engine`: one made before the fork (see worker.task.prepare); disposed with the context all the same."""
+        engine = engine or make_engine(settings)
         return cls(
             settings=settings,
             engine=engine,

@@ -7,23 +7,22 @@ from redis import Redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-import worker.task  # noqa: F401 - imported once here, every forked work horse starts with it (~0.7 s a job)
 from app.config import Settings
 from app.constants import node_queue
-from app.db.session import make_engine
+from worker import task  # imported once here, every forked work horse starts with it (~0.7 s a job)
 
 
 def main(node: str, slot: int) -> None:
     settings = Settings()
-    make_engine(settings).dispose()  # loads the database driver here, once (~0.15 s a job for psycopg)
+    task.prepare(settings)  # the database driver (~0.15 s a job for psycopg), mappers, dialect
     redis = Redis.from_url(settings.redis_url)
-    worker = Worker(
+    rq_worker = Worker(
         [node_queue(node)],
         connection=redis,
         serializer=JSONSerializer,
         name=f"{node}.{slot}.{os.getpid()}",
     )
-    worker.work(logging_level="WARNING")
+    rq_worker.work(logging_level="WARNING")
 
 
 if __name__ == "__main__":

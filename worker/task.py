@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis import Redis
-from sqlalchemy import Update, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, Update, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, configure_mappers
 
 from app.config import Settings
 from app.constants import (
@@ -26,7 +27,7 @@ from app.constants import (
     run_log_keys,
 )
 from app.db.models import Job, Run, utcnow
-from app.db.session import transaction
+from app.db.session import make_engine, make_sessionmaker, transaction
 from app.enums import FailureReason, JobStatus
 from app.services import jobs, models, progress, sizing, transitions
 from app.services.nodes import live_nodes
@@ -37,10 +38,29 @@ from worker.outcome import Stopped, classify, read_tail
 
 log = logging.getLogger(__name__)
 
+_prepared: tuple[Settings, Engine] | None = None  # set by prepare(), in the worker before it forks
+
+
+def prepare(settings: Settings) -> None:
+    """What every job of this worker would otherwise build again in its forked work horse, done once
+    before the forks: the settings, the ORM's mappers, and an engine whose dialect has met the database
+    (server version and types) with the job lookup's SQL compiled. About 30 ms of each job's start on
+    PostgreSQL. The engine keeps no connection across the fork: each work horse opens its own."""
+    global _prepared
+    configure_mappers()
+    engine = make_engine(settings)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            session.get(Job, 0)
+    except SQLAlchemyError as exc:  # down for now: each job meets the database itself, as without this
+        log.warning("database not reachable before the first job: %s", exc)
+    engine.dispose()
+    _prepared = (settings, engine)
+
 
 def run_job(job_id: int, attempt: int) -> str:
     """RQ entry point: the message carries ids only; everything else is read from SQL."""
-    context = WorkerContext.create(Settings())
+    context = WorkerContext.create(*_prepared) if _prepared else WorkerContext.create(Settings())
     try:
         return execute(context, job_id, attempt)
     finally:
