@@ -307,7 +307,8 @@ def _vram_request(text: str) -> int | str:
 
 def _env_items(items: list[str] | None) -> list[str] | None:
     for item in items or []:
-        if not item.partition("=")[0] or "=" not in item:
+        name, equals, _ = item.partition("=")
+        if not name or not equals:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
     return items
 
