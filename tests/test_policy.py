@@ -322,7 +322,7 @@ def test_the_forecast_keeps_each_users_running_quota() -> None:
 
 
 class _Forgetful(dict):
-    """A Cluster.misses that never remembers: every job is judged on its own."""
+    """A Cluster cache (misses, waits) that never remembers: every job is judged on its own."""
 
     def __contains__(self, key: object) -> bool:
         return False
@@ -350,7 +350,7 @@ def test_judging_alike_queued_jobs_once_changes_no_decision(
             for n in range(2)
         ]
         vram, gpus = rng.choice([2000, 4000, 9000, 16000]), rng.choice([1, 1, 2])
-        shapes = [(vram, gpus, 0.2), (vram, gpus, 0.9), (rng.choice([3000, 12000]), 1, rng.choice([0.3, 0.6]))]
+        shapes = [(vram, gpus, 0.2), (vram, gpus, 0.9), (vram, 3 - gpus, 0.5), (rng.choice([3000, 12000]), 1, 0.3)]
         pending = [
             PendingJob(
                 i,
@@ -369,7 +369,7 @@ def test_judging_alike_queued_jobs_once_changes_no_decision(
 
     def forgetful(self: Cluster, *args: object) -> None:
         init(self, *args)  # type: ignore[arg-type]
-        self.misses = _Forgetful()
+        self.misses = self.waits = _Forgetful()
 
     monkeypatch.setattr(Cluster, "__init__", forgetful)
     assert [schedule(p, n, 0.0, running=r, config=config) for p, n, r in states] == remembered

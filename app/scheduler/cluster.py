@@ -4,7 +4,7 @@ time that backfill must respect (see policy.py)."""
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.scheduler.state import NodeState, PendingJob, Placement, RunningJob
+from app.scheduler.state import NodeState, PendingJob, Placement, RunningJob, Wait
 
 
 @dataclass
@@ -32,10 +32,9 @@ class Cluster:
         self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
         self.ranked = {n.name: self._ranked(n.name) for n in nodes}  # each node's free memory, largest first
         self.most_free = max(self.free.values(), default=0)
-        self.version = 0  # bumped by every placement: cached explanations are stale after one
-        self.reasons: dict[tuple, str] = {}
+        self.waits: dict[tuple, Wait] = {}  # why queued jobs alike wait (see policy.schedule), until a placement
         self.blocked = "memory"  # what the last failed best_fit lacked
-        self.misses: dict[tuple, str] = {}  # what best_fit found short for jobs alike (see there), this version
+        self.misses: dict[tuple, str] = {}  # what best_fit found short for jobs alike (see there), until a placement
         self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
         self.work: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in self.free}
         self.background = dict.fromkeys(self.free, 0.0)  # load of jobs with unknown ends
@@ -146,8 +145,8 @@ class Cluster:
                 self.protected.add((placement.node, index))
         self.ranked[placement.node] = self._ranked(placement.node)
         self.most_free = max(self.free.values(), default=0)
-        self.version += 1
         self.misses.clear()
+        self.waits.clear()
         end = now + job.duration_s if job.duration_s is not None else None
         self.running.append(RunningJob(placement.node, placement.gpu_indices, job.vram_mb, job.util, end))
         for index in placement.gpu_indices:

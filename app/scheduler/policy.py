@@ -127,8 +127,15 @@ def schedule(
             blocked_by = job
             if config.backfill:
                 reservation = later or reserve(cluster, job, now, config.compute_cap)
-        start = reservation.start if reservation is not None and reservation.job is job else None
-        decision.waiting[job.id] = Wait(_why(cluster, job, blocked, reservation, config.compute_cap), start, blocked)
+        if reservation is not None and reservation.job is job:
+            why = _why(cluster, job, blocked, reservation, config.compute_cap)
+            decision.waiting[job.id] = Wait(why, reservation.start, blocked)
+            return False
+        # Jobs alike in request and GPUs wait for the same reason until the next placement: one Wait for all.
+        key = (job.vram_mb, job.gpus, blocked)  # the reservation, set once, is the same for all
+        if key not in cluster.waits:
+            cluster.waits[key] = Wait(_why(cluster, job, blocked, reservation, config.compute_cap), None, blocked)
+        decision.waiting[job.id] = cluster.waits[key]
         return False
 
     for job in sorted((p for p in pending if p.id in critical), key=lambda p: (-(p.duration_s or 0), p.id)):
@@ -168,11 +175,8 @@ def _why(cluster: Cluster, job: PendingJob, blocked: str, reservation: Reservati
     if not cluster.nodes:
         return "no live node"
     if blocked == "memory":
-        key = ("memory", cluster.version)
-        if key not in cluster.reasons:
-            most, where = max(((free, key) for key, free in cluster.free.items()), default=(0, ("-", 0)))
-            cluster.reasons[key] = f"most available now: {most} MB on {where[0]} GPU {where[1]}"
-        return f"{need}; {cluster.reasons[key]}"
+        most, where = max(((free, key) for key, free in cluster.free.items()), default=(0, ("-", 0)))
+        return f"{need}; most available now: {most} MB on {where[0]} GPU {where[1]}"
     if blocked == "slots":
         return f"{need}; the nodes where it fits have no free worker slot"
     if blocked == "critical":
