@@ -317,7 +317,10 @@ def _env_items(items: list[str] | None) -> list[str] | None:
 def submit(
     ctx: typer.Context,
     vram: Annotated[
-        str, typer.Option("--vram", "-m", parser=_vram_request, help="VRAM per GPU: MiB, a size (8GiB), or auto")
+        str,
+        typer.Option(
+            "--vram", "-m", parser=_vram_request, metavar="SIZE", help="VRAM per GPU: MiB, a size (8GiB), or auto"
+        ),
     ],
     gpus: Annotated[int, typer.Option(help="GPUs")] = 1,
     name: Annotated[str | None, typer.Option(help="job name")] = None,
@@ -325,10 +328,11 @@ def submit(
     time_limit: Annotated[int | None, typer.Option(help="seconds")] = None,
     retries: Annotated[int, typer.Option(help="max retries")] = 0,
     env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", callback=_env_items, help="KEY=VALUE, repeatable")
+        list[str] | None, typer.Option("--env", "-e", callback=_env_items, metavar="KEY=VALUE", help="repeatable")
     ] = None,
     retry_on: Annotated[
-        list[str] | None, typer.Option(help="a failure to retry (oom, lost, error, timeout, cap_exceeded), repeatable")
+        list[str] | None,
+        typer.Option(metavar="REASON", help="a failure to retry: oom, lost, error, timeout, cap_exceeded; repeatable"),
     ] = None,
     workdir: Annotated[Path | None, typer.Option(help="default: the current directory")] = None,
 ) -> None:
