@@ -1,11 +1,13 @@
 """docker-compose.yml cannot run here (no Docker engine): check what it names exists and fits together."""
 
+import re
 from pathlib import Path
 
 import yaml
 from typer.main import get_command
 
 from app.cli import app
+from app.config import Settings
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -58,3 +60,10 @@ def test_the_image_copies_what_the_services_need() -> None:
     for path in ("app", "worker", "migrations", "pyproject.toml"):
         assert f"COPY {path}" in dockerfile or f" {path} " in dockerfile
         assert Path(REPO / path).exists()
+
+
+def test_every_setting_is_in_the_readmes_configuration_table() -> None:
+    table = (REPO / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(VRAMQ_[A-Z_]+)`", table))
+
+    assert {f"VRAMQ_{name.upper()}" for name in Settings.model_fields} <= documented
