@@ -218,11 +218,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_api(settings: Settings, **output: Any) -> tuple[subprocess.Popen[Any], str]:
-    """`vramq api` on a free port, returned once /healthz answers; `output`: Popen's stdout/stderr/text."""
+def start_api(settings: Settings, command: str = "api", **output: Any) -> tuple[subprocess.Popen[Any], str]:
+    """`vramq api` (or `vramq up`, which serves it too) on a free port, returned once /healthz answers;
+    `output`: Popen's stdout/stderr/text."""
     port = free_port()
     env = settings_env(settings.model_copy(update={"port": port}))
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], env=env, cwd=REPO, **output)
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env, cwd=REPO, **output)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
