@@ -9,7 +9,9 @@ With --explain, each makespan miss names the term of the lower bound that sets i
 memory area or the compute area) and the jobs that ended past the limit: "late" if it started after the
 last moment from which running alone would have met it, else "slowed" (it shared compute); its wait is split
 by what the policy said it lacked: memory, compute (the GPUs with room were at the cap), held (for the
-reservation of another job), critical (waiting for a GPU rather than sharing one), slots, quota.
+reservation of another job), critical (waiting for a GPU rather than sharing one), slots, quota. A miss is
+"sealed at arrival" when a late job could not have met the limit from its submission on: on no GPU, with
+the attempts running there then (report.soonest_end), however the policy had placed it.
 By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
@@ -25,8 +27,8 @@ from dataclasses import fields, replace
 
 from app.scheduler.state import PolicyConfig
 from app.simulator.engine import CONFIGS, Estimates, Result, Simulation
-from app.simulator.report import infeasibilities, schedule_rows, summarise
-from app.simulator.trace import TraceJob, bound_terms
+from app.simulator.report import infeasibilities, schedule_rows, soonest_end, summarise
+from app.simulator.trace import bound_terms
 from app.simulator.workload import generate
 from app.units import parse_gpu_spec
 
@@ -35,10 +37,13 @@ def limit(load: float) -> float:
     return 1.3 if load >= 2.5 else 1.15
 
 
-def culprits(trace: list[TraceJob], result: Result, deadline: float) -> tuple[str, str]:
-    """The jobs that ended after `deadline`, latest first (size, wait, why), and the kind of the last:
-    slowed, or started late for want of what it lacked longest (memory, compute, held...)."""
+def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str, bool]:
+    """The jobs that ended after `deadline`, latest first (size, wait, why), the kind of the last: slowed, or
+    started late for want of what it lacked longest (memory, compute, held...), and whether one of them
+    could not have met it from its arrival on (sealed)."""
+    trace = dict(sim.trace)
     rows = []
+    sealing = []
     for index, (end, _) in result.finished.items():
         if end > deadline:
             job, start = trace[index], result.first_start[index]
@@ -50,8 +55,14 @@ def culprits(trace: list[TraceJob], result: Result, deadline: float) -> tuple[st
             text = f"{job.job_id} {job.vram_mb} MB util {job.util:g} {job.duration_s:.0f} s, waited "
             text += f"{start - job.submit_s:.0f} s" + (f" ({lacking})" if lacking else "")
             rows.append((end, f"{text}: {why}", kind))
+            soonest = soonest_end(sim, result, index)
+            if soonest is not None and soonest > deadline:
+                sealing.append(f"{job.job_id} could end no sooner than {soonest / deadline:.2f}x the limit")
     rows.sort(reverse=True)
-    return f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3]), rows[0][2]
+    text = f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3])
+    if sealing:
+        text += "; sealed at arrival: " + ", ".join(sealing[:3])
+    return text, rows[0][2], bool(sealing)
 
 
 def setting(text: str) -> tuple[str, float | bool | None]:
@@ -71,7 +82,7 @@ def setting(text: str) -> tuple[str, float | bool | None]:
 
 def check(
     args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
-) -> tuple[int, float, float, float, int, int, tuple[str, str, str]]:
+) -> tuple[int, float, float, float, int, int, tuple[str, str, str, bool]]:
     seed, load, jobs, gpus, explain, estimates, config = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
@@ -79,12 +90,12 @@ def check(
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
-    why = ("", "", "")
+    why = ("", "", "", False)
     if explain and ratio > limit(load):
         terms = bound_terms(trace, len(sizes), sum(sizes))
         term = max(terms, key=lambda name: terms[name])
-        text, kind = culprits(trace, result, limit(load) * vramq["lower_bound_s"])
-        why = (f"bound set by {term}; {text}", kind, term)
+        text, kind, sealed_early = culprits(sim, result, limit(load) * vramq["lower_bound_s"])
+        why = (f"bound set by {term}; {text}", kind, term, sealed_early)
     bad = infeasibilities(trace, schedule_rows(sim, result), sizes, ledger=True)
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())
@@ -116,6 +127,7 @@ def main() -> None:
     ]
     kinds: Counter[str] = Counter()
     terms: Counter[str] = Counter()
+    sealed_count = 0
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
@@ -133,10 +145,12 @@ def main() -> None:
                 print(f"{'':>11} {why[0]}")
                 kinds[why[1]] += 1
                 terms[why[2]] += 1
+                sealed_count += why[3]
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
     if kinds:
         print("makespan misses by their last job: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
         print("makespan misses by the bound's term: " + ", ".join(f"{k} {n}" for k, n in terms.most_common()))
+        print(f"makespan misses sealed before a late job arrived (no later decision could meet them): {sealed_count}")
 
 
 if __name__ == "__main__":

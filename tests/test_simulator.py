@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.simulator.engine import CONFIGS, POLICIES, Estimates, Result, Simulation
-from app.simulator.report import infeasibilities, schedule_rows, summarise, uses_ledger
+from app.simulator.report import infeasibilities, schedule_rows, soonest_end, summarise, uses_ledger
 from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
 from tests.conftest import REPO
@@ -119,6 +119,33 @@ def test_a_jobs_wait_is_split_by_what_it_lacked() -> None:
 
     assert [a.start for a in result.attempts] == [0.0, 1000.0, 2000.0]
     assert result.waited == {1: {"compute": 1000.0}, 2: {"memory": 1990.0}}
+
+
+def test_the_soonest_end_a_job_could_have_had_from_its_arrival() -> None:
+    """bench/targets.py --explain: the second busy job waited for compute and ended at 2000; sharing the GPU
+    from t=0 (both at 1/1.8 of their speed) would have ended it at 1800. The 20 GiB job, arriving at t=10
+    while only the first ran, could have started when that one ended and ended at 1010, not 2010."""
+    busy = [TraceJob(f"j{i}", 0.0, "u", 6000, 5000, 1000.0, 0.9) for i in range(2)]
+    big = TraceJob("big", 10.0, "v", 20000, 5000, 10.0, 0.1)
+    sim = Simulation([*busy, big], [24576])
+    result = sim.run()
+
+    assert [result.finished[i][0] for i in range(3)] == [1000.0, 2000.0, 2010.0]
+    assert soonest_end(sim, result, 1) == pytest.approx(1800.0)
+    assert soonest_end(sim, result, 2) == pytest.approx(1010.0)
+
+
+def test_no_job_ends_sooner_than_its_soonest_end() -> None:
+    """The schedule the policy made is one of those the bound ranges over: no job beats it, some meet it."""
+    trace = generate(120, 1.6, [24576] * 4, seed=3)
+    sim = Simulation(trace, [24576] * 4)
+    result = sim.run()
+
+    once = [i for i, (_, ok) in result.finished.items() if ok and sum(a.index == i for a in result.attempts) == 1]
+    ratios = [(soonest_end(sim, result, i) or 0.0) / result.finished[i][0] for i in once]
+    assert len(ratios) > 100
+    assert max(ratios) == pytest.approx(1.0)  # a job started on arrival and never slowed
+    assert min(ratios) < 0.9  # and some could have ended much sooner
 
 
 def test_oom_retries_grow_the_request_under_a_ledger() -> None:

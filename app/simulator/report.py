@@ -1,12 +1,14 @@
 """Figures of a simulated schedule, the schedule rows, and checks that the schedule was feasible."""
 
 import csv
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from app.simulator.engine import CONFIGS, Result, Simulation
+from app.scheduler.cluster import finish_time
+from app.simulator.engine import CONFIGS, Attempt, Result, Simulation
 from app.simulator.trace import TraceJob, lower_bound
 
 
@@ -130,6 +132,52 @@ def infeasibilities(trace: list[TraceJob], rows: list[dict[str, Any]], sizes: li
                 if held > sizes[gpu]:
                     problems.append(f"{node} GPU {gpu} holds {held} MB at {moment} (it has {sizes[gpu]} MB)")
     return problems
+
+
+def soonest_end(sim: Simulation, result: Result, index: int) -> float | None:
+    """The soonest the job (by its trace index) could have ended, given the GPUs as they stood when it was
+    submitted: on its best GPU, sharing compute only with the attempts already running there (none preempted,
+    nothing added), started then or when one of them ends and leaves it room. No decision taken from its
+    arrival on could have ended it sooner. None: a multi-GPU job, not judged."""
+    job = dict(sim.trace)[index]
+    if job.gpus > 1:
+        return None
+    on: defaultdict[tuple[int, int], list[Attempt]] = defaultdict(list)
+    for a in result.attempts:
+        for g in a.gpus:
+            on[a.node, g].append(a)
+    best = math.inf
+    for node, g in [(n, g) for n in range(sim.nodes) for g in range(len(sim.sizes))]:
+        present = [a for a in on[node, g] if a.index != index and a.start <= job.submit_s < (a.end or math.inf)]
+        # What each still had to do: the work it did from then to its end (a success, or an OOM at its cap).
+        items = [(work_done(a, a.end or math.inf, on) - work_done(a, job.submit_s, on), a) for a in present]
+        items.sort(key=lambda item: item[0])
+        moments = [(job.submit_s, 0.0)]
+        for left, _ in items:
+            moments.append((finish_time(job.submit_s, [(min(x, left), a.job.util) for x, a in items], 0.0), left))
+        for moment, progress in moments:
+            rest = [(left - progress, a) for left, a in items if left > progress]
+            if sim.sizes[g] - sum(a.request_mb for _, a in rest) >= job.vram_mb:
+                work = [(min(left, job.duration_s), a.job.util) for left, a in rest]
+                best = min(best, finish_time(moment, [*work, (job.duration_s, job.util)], 0.0))
+    return best
+
+
+def work_done(attempt: Attempt, moment: float, on: dict[tuple[int, int], list[Attempt]]) -> float:
+    """Solo seconds of work the attempt had done by `moment` (`on`: the attempts of each GPU): it ran at
+    1/load of its busiest GPU (processor sharing)."""
+    neighbours = [b for g in attempt.gpus for b in on[attempt.node, g]]
+    end = min(moment, attempt.end or math.inf)
+    times = {attempt.start, end} | {t for b in neighbours for t in (b.start, b.end) if t and attempt.start < t < end}
+    ordered = sorted(times)
+    done = 0.0
+    for t0, t1 in zip(ordered, ordered[1:], strict=False):
+        mid = (t0 + t1) / 2
+        load = max(
+            sum(b.job.util for b in on[attempt.node, g] if b.start <= mid < (b.end or math.inf)) for g in attempt.gpus
+        )
+        done += (t1 - t0) / max(1.0, load)
+    return min(done, attempt.job.duration_s)
 
 
 def uses_ledger(policy: str) -> bool:
