@@ -268,6 +268,26 @@ def test_a_long_job_goes_where_it_delays_the_known_work_least() -> None:
     assert [p.gpu_indices for p in decision.placements] == [(1,)]
 
 
+def test_a_short_job_shares_a_critical_jobs_gpu_only_where_it_delays_no_end() -> None:
+    """Two long busy jobs are critical: GPU 0's ends at t=10000, the end of all known work; GPU 1's at 6000.
+    A 100 s job taking either past saturation slows its job by 30 s: on GPU 1 that still ends by 10000,
+    on GPU 0 it would push the end itself. Alone with GPU 0, it waits."""
+    running = [
+        RunningJob("a", (0,), 4000, util=0.8, expected_end=10000.0),
+        RunningJob("a", (1,), 4000, util=0.8, expected_end=6000.0),
+    ]
+    gpus = (GpuState(0, 20000, util=0.8), GpuState(1, 20000, util=0.8))
+    short = PendingJob(1, 2000, util=0.5, duration_s=100)
+    assert len(critical_path([short], running, gpu_count=2, now=0, share=0.9)[1]) == 2
+
+    both = schedule([short], [NodeState("a", 8, gpus)], now=0, running=running)
+    alone = schedule([short], [NodeState("a", 8, gpus[:1])], now=0, running=running[:1])
+
+    assert [p.gpu_indices for p in both.placements] == [(1,)]
+    assert alone.placements == []
+    assert "compute-saturated" in alone.waiting[1].reason
+
+
 def test_a_saturated_gpu_takes_no_more_work() -> None:
     decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.2),))], now=0)
 

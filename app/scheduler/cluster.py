@@ -23,12 +23,13 @@ class Cluster:
     """Mutable working copy of the state, charged as placements are made."""
 
     def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob], now: float) -> None:
+        self.now = now
         self.nodes = {node.name: node for node in nodes}
         self.free = {(n.name, g.index): g.available_mb for n in nodes for g in n.gpus}
         self.util = {(n.name, g.index): g.util for n in nodes for g in n.gpus}
         self.slots = {n.name: n.free_slots for n in nodes}
         self.running = list(running)
-        self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job: never pushed past 1.0
+        self.protected: set[tuple[str, int]] = set()  # GPUs running a critical job (see ok())
         self.avoid: set[tuple[str, int]] = set()  # GPUs a placement being tried must not use
         self.ranked = {n.name: self._ranked(n.name) for n in nodes}  # each node's free memory, largest first
         self.most_free = max(self.free.values(), default=0)
@@ -65,7 +66,11 @@ class Cluster:
         if critical or cap is None:
             return True
         load = self.util[key] + job.util
-        return load <= (1.0 if key in self.protected else cap)
+        if key in self.protected and load > 1.0:
+            # Sharing a critical job's compute slows it: only a job after which the GPU's known work still
+            # ends by the horizon (that of all known work) may.
+            return load <= cap and job.duration_s is not None and self.projected(job, key, self.now) <= self.horizon
+        return load <= cap
 
     def fitting(self, job: PendingJob, node: str, cap: float | None, now: float, critical: bool = False) -> list[tuple]:
         """(preference..., index) of the node's GPUs that can take the job now, best first.
@@ -95,12 +100,13 @@ class Cluster:
         self.blocked = "memory"
         if job.vram_mb > self.most_free:
             return None  # the common case with a long queue: nothing has room
-        # Whether anything fits depends on these alone (not on the run time, which only ranks the GPUs):
+        # Whether anything fits depends on these alone (the run time matters only beside a critical job):
         # a sweep's queued jobs, alike in them, are judged once until the next placement.
         alike = (
             job.vram_mb,
             job.gpus,
             job.util,
+            job.duration_s if self.protected else None,
             critical and job.duration_s is not None,
             frozenset(self.avoid),
         )

@@ -9,9 +9,11 @@ the same `schedule`, so what the benchmark measures is what runs.
   known work outlasts the job, then the tightest memory fit: memory is packed without stacking compute far
   past saturation, and GPUs of short jobs drain together.
 - Critical path: a job whose own run time is most of the known work left starts first, where it
-  least raises the projected end of the known work (processor sharing, `finish_time`), and no later job
-  may push its GPU past saturation. When every GPU with room now would have it share compute with
-  a long job, and running jobs elsewhere end soon enough, it waits for them instead (a reservation).
+  least raises the projected end of the known work (processor sharing, `finish_time`). A later job may
+  take its GPU past saturation only if that GPU's known work still ends by the projected end of all of
+  it (short jobs fill the slack beside critical ones; none delays the end). When every GPU with room now
+  would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
+  them instead (a reservation).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
