@@ -288,6 +288,24 @@ def test_a_short_job_shares_a_critical_jobs_gpu_only_where_it_delays_no_end() ->
     assert "compute-saturated" in alone.waiting[1].reason
 
 
+def test_jobs_too_big_to_share_a_gpu_set_the_end_together() -> None:
+    """Known compute: 8 x 300 x 0.1 + 10 x 100 x 0.5 = 740 GPU-seconds, 370 s on 2 GPUs. No 16 GB job is
+    long enough to matter alone (300 s), but no two fit on one 24 GB GPU: they need 8 x 300 / 2 = 1200 s
+    of whole GPUs, so they go first, one per GPU, before small jobs submitted earlier fill the GPUs."""
+    small = [PendingJob(i, 2000, util=0.5, submitted=i, duration_s=100) for i in range(10)]
+    big = [PendingJob(10 + i, 16000, util=0.1, submitted=10 + i, duration_s=300) for i in range(8)]
+    half = [PendingJob(20 + i, 12000, util=0.1, submitted=20 + i, duration_s=300) for i in range(8)]
+
+    assert critical_path([*small, *big], [], gpu_count=2, now=0, share=0.9, capacity_mb=24000)[0] == {j.id for j in big}
+    assert critical_path([*small, *big], [], gpu_count=2, now=0, share=0.9)[0] == set()
+    assert critical_path([*small, *half], [], gpu_count=2, now=0, share=0.9, capacity_mb=24000)[0] == set()
+
+    decision = schedule([*small, *big], [NodeState("a", 100, (GpuState(0, 24000), GpuState(1, 24000)))], now=0)
+
+    assert sorted(p.job_id for p in decision.placements if p.job_id >= 10) == [10, 11]
+    assert sorted(p.gpu_indices for p in decision.placements if p.job_id >= 10) == [(0,), (1,)]
+
+
 def test_a_saturated_gpu_takes_no_more_work() -> None:
     decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.2),))], now=0)
 

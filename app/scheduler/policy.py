@@ -58,17 +58,30 @@ def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_
 
 
 def critical_path(
-    pending: Sequence[PendingJob], running: Sequence[RunningJob], gpu_count: int, now: float, share: float
+    pending: Sequence[PendingJob],
+    running: Sequence[RunningJob],
+    gpu_count: int,
+    now: float,
+    share: float,
+    capacity_mb: int | None = None,
 ) -> tuple[set[int], list[RunningJob]]:
     """Jobs long enough to set the makespan: those whose own run time, stretched by the GPUs' mean load
     (a job started now on busy GPUs runs at about 1/load of its solo speed), is at least `share` of the
     time the known work needs on all GPUs perfectly packed. They start first, on GPUs that do not slow
-    them; running jobs that long are protected from being slowed."""
+    them; running jobs that long are protected from being slowed.
+
+    So do queued jobs of more than half of `capacity_mb` (a GPU's memory for vramq's jobs) when, as no two
+    of them fit on one GPU, their summed run times over the GPUs reach that share: together they set the
+    makespan, and left to the end they would run a few at a time on otherwise idle GPUs."""
     work = sum(max(0.0, r.expected_end - now) * r.util * len(r.gpu_indices) for r in running if r.expected_end)
     work += sum(p.duration_s * p.util * p.gpus for p in pending if p.duration_s is not None)
     load = sum(r.util * len(r.gpu_indices) for r in running) / max(1, gpu_count)
     horizon = share * work / max(1, gpu_count) / max(1.0, load)
     jobs = {p.id for p in pending if p.duration_s is not None and p.duration_s >= horizon}
+    if capacity_mb is not None:
+        big = [p for p in pending if p.duration_s is not None and 2 * p.vram_mb > capacity_mb]
+        if sum(p.duration_s * p.gpus for p in big if p.duration_s is not None) / max(1, gpu_count) >= horizon:
+            jobs.update(p.id for p in big)
     return jobs, [r for r in running if r.expected_end is not None and r.expected_end - now >= horizon]
 
 
@@ -90,7 +103,12 @@ def schedule(
     critical: set[int] = set()
     if config.critical_share is not None:
         gpu_count = sum(len(node.gpus) for node in nodes)
-        critical, protected = critical_path(pending, running, gpu_count, now, config.critical_share)
+        held: defaultdict[tuple[str, int], int] = defaultdict(int)  # what running jobs reserve on each GPU
+        for r in running:
+            for i in r.gpu_indices:
+                held[r.node, i] += r.vram_mb
+        capacity = max((g.available_mb + held[n.name, g.index] for n in nodes for g in n.gpus), default=0)
+        critical, protected = critical_path(pending, running, gpu_count, now, config.critical_share, capacity)
         cluster.protected = {(r.node, i) for r in protected for i in r.gpu_indices}
 
     def consider(job: PendingJob) -> bool:
