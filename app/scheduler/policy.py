@@ -103,11 +103,7 @@ def schedule(
     critical: set[int] = set()
     if config.critical_share is not None:
         gpu_count = sum(len(node.gpus) for node in nodes)
-        held: defaultdict[tuple[str, int], int] = defaultdict(int)  # what running jobs reserve on each GPU
-        for r in running:
-            for i in r.gpu_indices:
-                held[r.node, i] += r.vram_mb
-        capacity = max((g.available_mb + held[n.name, g.index] for n in nodes for g in n.gpus), default=0)
+        capacity = _capacity(nodes, running)
         critical, protected = critical_path(pending, running, gpu_count, now, config.critical_share, capacity)
         cluster.protected = {(r.node, i) for r in protected for i in r.gpu_indices}
 
@@ -178,6 +174,15 @@ def schedule(
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
     return decision
+
+
+def _capacity(nodes: Sequence[NodeState], running: Sequence[RunningJob]) -> int:
+    """The most memory vramq's jobs can hold on one GPU: what is available on it plus what they reserve."""
+    held: defaultdict[tuple[str, int], int] = defaultdict(int)
+    for job in running:
+        for index in job.gpu_indices:
+            held[job.node, index] += job.vram_mb
+    return max((gpu.available_mb + held[node.name, gpu.index] for node in nodes for gpu in node.gpus), default=0)
 
 
 def _quota_reason(job: PendingJob, counts: list[int], quotas: Quotas) -> str | None:

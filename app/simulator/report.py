@@ -168,7 +168,9 @@ def work_done(attempt: Attempt, moment: float, on: dict[tuple[int, int], list[At
     1/load of its busiest GPU (processor sharing)."""
     neighbours = [b for g in attempt.gpus for b in on[attempt.node, g]]
     end = min(moment, attempt.end or math.inf)
-    times = {attempt.start, end} | {t for b in neighbours for t in (b.start, b.end) if t and attempt.start < t < end}
+    times = {attempt.start, end} | {
+        t for b in neighbours for t in (b.start, b.end) if t is not None and attempt.start < t < end
+    }
     ordered = sorted(times)
     done = 0.0
     for t0, t1 in zip(ordered, ordered[1:], strict=False):
