@@ -193,8 +193,8 @@ def reserve(cluster: Cluster, job: PendingJob, now: float, cap: float | None) ->
     # every running job gone), until the jobs with unknown ends leave.
     candidates = []
     for name in cluster.nodes:
-        potential = _potential(cluster, name)
-        able = sorted((i for i in potential if potential[i] >= job.vram_mb), key=lambda i: -cluster.free[name, i])
+        most = potential(cluster, name)
+        able = sorted((i for i in most if most[i] >= job.vram_mb), key=lambda i: -cluster.free[name, i])
         if len(able) >= job.gpus:
             chosen = tuple(sorted(able[: job.gpus]))
             candidates.append((sum(cluster.free[name, i] for i in chosen), name, chosen))
@@ -232,7 +232,7 @@ def sooner_later(cluster: Cluster, job: PendingJob, placement: Placement, now: f
     return best[1] if best else None
 
 
-def _potential(cluster: Cluster, node: str) -> dict[int, int]:
+def potential(cluster: Cluster, node: str) -> dict[int, int]:
     """Free memory of a node's GPUs if every running job there ended."""
     free = {g.index: cluster.free[node, g.index] for g in cluster.nodes[node].gpus}
     for job in cluster.running:

@@ -24,7 +24,7 @@ import heapq
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 
-from app.scheduler.cluster import Cluster, Reservation, reserve, respecting, sooner_later
+from app.scheduler.cluster import Cluster, Reservation, potential, reserve, respecting, sooner_later
 from app.scheduler.state import (
     Decision,
     NodeState,
@@ -103,7 +103,8 @@ def schedule(
     critical: set[int] = set()
     if config.critical_share is not None:
         gpu_count = sum(len(node.gpus) for node in nodes)
-        capacity = _capacity(nodes, running)
+        # What vramq's jobs can hold on one GPU: free memory with every running job there gone.
+        capacity = max((mb for name in cluster.nodes for mb in potential(cluster, name).values()), default=0)
         critical, protected = critical_path(pending, running, gpu_count, now, config.critical_share, capacity)
         cluster.protected = {(r.node, i) for r in protected for i in r.gpu_indices}
 
@@ -174,15 +175,6 @@ def schedule(
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
     return decision
-
-
-def _capacity(nodes: Sequence[NodeState], running: Sequence[RunningJob]) -> int:
-    """The most memory vramq's jobs can hold on one GPU: what is available on it plus what they reserve."""
-    held: defaultdict[tuple[str, int], int] = defaultdict(int)
-    for job in running:
-        for index in job.gpu_indices:
-            held[job.node, index] += job.vram_mb
-    return max((gpu.available_mb + held[node.name, gpu.index] for node in nodes for gpu in node.gpus), default=0)
 
 
 def _quota_reason(job: PendingJob, counts: list[int], quotas: Quotas) -> str | None:
