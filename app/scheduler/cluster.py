@@ -23,7 +23,6 @@ class Cluster:
     """Mutable working copy of the state, charged as placements are made."""
 
     def __init__(self, nodes: Sequence[NodeState], running: Sequence[RunningJob], now: float) -> None:
-        self.now = now
         self.nodes = {node.name: node for node in nodes}
         self.free = {(n.name, g.index): g.available_mb for n in nodes for g in n.gpus}
         self.util = {(n.name, g.index): g.util for n in nodes for g in n.gpus}
@@ -60,7 +59,7 @@ class Cluster:
     def _ranked(self, node: str) -> list[int]:
         return sorted((self.free[node, g.index] for g in self.nodes[node].gpus), reverse=True)
 
-    def ok(self, job: PendingJob, key: tuple[str, int], cap: float | None, critical: bool) -> bool:
+    def ok(self, job: PendingJob, key: tuple[str, int], cap: float | None, now: float, critical: bool) -> bool:
         if self.free[key] < job.vram_mb or key in self.avoid:
             return False
         if critical or cap is None:
@@ -69,7 +68,7 @@ class Cluster:
         if key in self.protected and load > 1.0:
             # Sharing a critical job's compute slows it: only a job after which the GPU's known work still
             # ends by the horizon (that of all known work) may.
-            return load <= cap and job.duration_s is not None and self.projected(job, key, self.now) <= self.horizon
+            return load <= cap and job.duration_s is not None and self.projected(job, key, now) <= self.horizon
         return load <= cap
 
     def fitting(self, job: PendingJob, node: str, cap: float | None, now: float, critical: bool = False) -> list[tuple]:
@@ -84,13 +83,13 @@ class Cluster:
         if critical and job.duration_s is not None:
             ranked = []
             for k in keys:
-                if self.ok(job, k, cap, True):
+                if self.ok(job, k, cap, now, True):
                     raised = max(self.horizon, self.projected(job, k, now))
                     ranked.append((raised, self.projected(job, k, now, own=True), self.free[k], k[1]))
             return sorted(ranked)
         fitting = []
         for k in keys:
-            if self.ok(job, k, cap, False):
+            if self.ok(job, k, cap, now, False):
                 end = now + job.duration_s * max(1.0, self.util[k] + job.util) if job.duration_s is not None else now
                 fitting.append((max(0.0, end - self.drain.get(k, now)), self.free[k], k[1]))
         return sorted(fitting)
