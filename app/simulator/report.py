@@ -150,7 +150,7 @@ def soonest_end(sim: Simulation, result: Result, index: int) -> float | None:
     for node, g in [(n, g) for n in range(sim.nodes) for g in range(len(sim.sizes))]:
         present = [a for a in on[node, g] if a.index != index and a.start <= job.submit_s < (a.end or math.inf)]
         # What each still had to do: the work it did from then to its end (a success, or an OOM at its cap).
-        items = [(work_done(a, a.end or math.inf, on) - work_done(a, job.submit_s, on), a) for a in present]
+        items = [(a.done - work_done(a, job.submit_s, on), a) for a in present]
         items.sort(key=lambda item: item[0])
         moments = [(job.submit_s, 0.0)]
         for left, _ in items:
