@@ -11,7 +11,9 @@ last moment from which running alone would have met it, else "slowed" (it shared
 by what the policy said it lacked: memory, compute (the GPUs with room were at the cap), held (for the
 reservation of another job), critical (waiting for a GPU rather than sharing one), slots, quota. A miss is
 "sealed at arrival" when a late job could not have met the limit from its submission on: on no GPU, with
-the attempts running there then (report.soonest_end), however the policy had placed it.
+the attempts running there then (report.soonest_end), however the policy had placed it; or when the late jobs
+of more than half a GPU's memory, no two of which share a GPU, could not all have met it once the last of them
+had arrived, one after another on each GPU as the attempts running then left room (report.big_jobs_end).
 By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
@@ -27,7 +29,7 @@ from dataclasses import fields, replace
 
 from app.scheduler.state import PolicyConfig
 from app.simulator.engine import CONFIGS, Estimates, Result, Simulation
-from app.simulator.report import infeasibilities, schedule_rows, soonest_end, summarise
+from app.simulator.report import big_jobs_end, infeasibilities, schedule_rows, soonest_end, summarise
 from app.simulator.trace import bound_terms
 from app.simulator.workload import generate
 from app.units import parse_gpu_spec
@@ -37,10 +39,11 @@ def limit(load: float) -> float:
     return 1.3 if load >= 2.5 else 1.15
 
 
-def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str, bool]:
+def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str, str]:
     """The jobs that ended after `deadline`, latest first (size, wait, why), the kind of the last: slowed, or
-    started late for want of what it lacked longest (memory, compute, held...), and whether one of them
-    could not have met it from its arrival on (sealed)."""
+    started late for want of what it lacked longest (memory, compute, held...), and what sealed the miss
+    once the late jobs had arrived, if anything did: a late job alone, or the late jobs over half a GPU
+    together (report.big_jobs_end)."""
     trace = dict(sim.trace)
     rows = []
     sealing = []
@@ -58,11 +61,20 @@ def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str
             soonest = soonest_end(sim, result, index)
             if soonest is not None and soonest > deadline:
                 sealing.append(f"{job.job_id} could end no sooner than {soonest / deadline:.2f}x the limit")
+    sealed = "by a late job alone" if sealing else ""
+    half = max(sim.sizes) / 2
+    big = [trace[i].submit_s for i, (end, _) in result.finished.items() if end > deadline and trace[i].vram_mb > half]
+    if big and (bound := big_jobs_end(sim, result, max(big))) > deadline:
+        sealing.append(
+            f"the jobs over half a GPU not started at {max(big):.0f} s could end no sooner than "
+            f"{bound / deadline:.2f}x the limit"
+        )
+        sealed = sealed or "by the big jobs together"
     rows.sort(reverse=True)
     text = f"{len(rows)} past the limit; " + "; ".join(text for _, text, _ in rows[:3])
     if sealing:
         text += "; sealed at arrival: " + ", ".join(sealing[:3])
-    return text, rows[0][2], bool(sealing)
+    return text, rows[0][2], sealed
 
 
 def setting(text: str) -> tuple[str, float | bool | None]:
@@ -82,7 +94,7 @@ def setting(text: str) -> tuple[str, float | bool | None]:
 
 def check(
     args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
-) -> tuple[int, float, float, float, int, int, tuple[str, str, str, bool]]:
+) -> tuple[int, float, float, float, int, int, tuple[str, str, str, str]]:
     seed, load, jobs, gpus, explain, estimates, config = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
@@ -90,7 +102,7 @@ def check(
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
-    why = ("", "", "", False)
+    why = ("", "", "", "")
     if explain and ratio > limit(load):
         terms = bound_terms(trace, len(sizes), sum(sizes))
         term = max(terms, key=lambda name: terms[name])
@@ -127,7 +139,7 @@ def main() -> None:
     ]
     kinds: Counter[str] = Counter()
     terms: Counter[str] = Counter()
-    sealed_count = 0
+    sealed: Counter[str] = Counter()
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
@@ -145,12 +157,17 @@ def main() -> None:
                 print(f"{'':>11} {why[0]}")
                 kinds[why[1]] += 1
                 terms[why[2]] += 1
-                sealed_count += why[3]
+                sealed[why[3]] += 1
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
     if kinds:
         print("makespan misses by their last job: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
         print("makespan misses by the bound's term: " + ", ".join(f"{k} {n}" for k, n in terms.most_common()))
-        print(f"makespan misses sealed before a late job arrived (no later decision could meet them): {sealed_count}")
+        count = sum(n for k, n in sealed.items() if k)
+        kinds_sealed = ", ".join(f"{k} {n}" for k, n in sealed.most_common() if k)
+        print(
+            f"makespan misses sealed once the late jobs had arrived (no later decision could meet them): {count}"
+            + (f" ({kinds_sealed})" if kinds_sealed else "")
+        )
 
 
 if __name__ == "__main__":

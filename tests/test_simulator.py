@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from app.simulator.engine import CONFIGS, POLICIES, Estimates, Result, Simulation
-from app.simulator.report import infeasibilities, schedule_rows, soonest_end, summarise, uses_ledger
+from app.simulator.report import (
+    big_jobs_end,
+    infeasibilities,
+    schedule_rows,
+    soonest_end,
+    summarise,
+    uses_ledger,
+)
 from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
 from tests.conftest import REPO
@@ -146,6 +153,38 @@ def test_no_job_ends_sooner_than_its_soonest_end() -> None:
     assert len(ratios) > 100
     assert max(ratios) == pytest.approx(1.0)  # a job started on arrival and never slowed
     assert min(ratios) < 0.9  # and some could have ended much sooner
+
+
+def test_the_soonest_jobs_too_big_to_share_a_gpu_could_all_end() -> None:
+    """bench/targets.py --explain: three 20 GiB jobs arrive at t=10 while a 6 GB job holds GPU 0 until 1000.
+    No two share a GPU and none fits beside it: however they are split, the last ends no sooner than 310
+    (all three on GPU 1), which is what the policy did."""
+    small = TraceJob("small", 0.0, "u", 6000, 5000, 1000.0, 0.5)
+    big = [TraceJob(f"big{i}", 10.0, "v", 20000, 20000, 100.0, 0.5) for i in range(3)]
+    sim = Simulation([small, *big], [24576, 24576])
+    result = sim.run()
+
+    assert big_jobs_end(sim, result, 10.0) == pytest.approx(310.0)
+    assert max(result.finished[i][0] for i in (1, 2, 3)) == pytest.approx(310.0)
+    assert big_jobs_end(sim, result, 2000.0) == 2000.0  # none left to start
+
+
+def test_no_schedule_ends_the_big_jobs_sooner_than_the_bound() -> None:
+    """The policy's schedule is one of those the bound ranges over: from every moment, the big jobs not
+    started yet end no sooner than big_jobs_end says."""
+    trace = generate(150, 1.6, [24576] * 4, seed=21)
+    sim = Simulation(trace, [24576] * 4)
+    result = sim.run()
+    big = [i for i, job in sim.trace if job.vram_mb > 24576 / 2]
+    moments = sorted({sim.trace[0][1].submit_s, *(result.first_start[i] - 1.0 for i in big)})
+
+    ratios = []
+    for moment in moments:
+        left = [i for i in big if result.first_start[i] > moment]
+        ratios.append(big_jobs_end(sim, result, moment) / max(result.finished[i][0] for i in left))
+    assert len(ratios) > 10
+    assert max(ratios) <= 1.0 + 1e-9
+    assert max(ratios) > 0.8  # and it is not trivially loose
 
 
 def test_oom_retries_grow_the_request_under_a_ledger() -> None:

@@ -163,6 +163,40 @@ def soonest_end(sim: Simulation, result: Result, index: int) -> float | None:
     return best
 
 
+def big_jobs_end(sim: Simulation, result: Result, moment: float) -> float:
+    """The soonest the jobs of more than half a GPU's memory that had not started by `moment` could all have
+    ended. No two of them fit on one GPU, so each GPU runs them one after another, after the attempts
+    running there at `moment` that leave none of them room have ended (at full speed at best): however they
+    are split over the GPUs, the last ends no sooner than the best split of their run times over the GPUs
+    as they free up (the GPUs a split leaves out take none). No decision from `moment` on could have ended
+    them sooner."""
+    half = max(sim.sizes) / 2
+    big = [job for index, job in sim.trace if job.vram_mb > half and result.first_start.get(index, math.inf) > moment]
+    if not big:
+        return moment
+    smallest = min(job.vram_mb for job in big)
+    on: defaultdict[tuple[int, int], list[Attempt]] = defaultdict(list)
+    for a in result.attempts:
+        for g in a.gpus:
+            on[a.node, g].append(a)
+    free_at = []
+    for node, g in [(n, g) for n in range(sim.nodes) for g in range(len(sim.sizes))]:
+        running = [a for a in on[node, g] if a.start <= moment < (a.end or math.inf)]
+        # Each ends no sooner than its work left at full speed; the GPU has room once those still running hold
+        # no more than its memory less the smallest big job's.
+        ends = sorted((moment + a.done - work_done(a, moment, on), a.request_mb) for a in running)
+        held, at = sum(mb for _, mb in ends), moment
+        for end, mb in ends:
+            if held <= sim.sizes[g] - smallest:
+                break
+            held, at = held - mb, end
+        free_at.append(at)
+    work = sum(job.duration_s * job.gpus for job in big)
+    free_at.sort()
+    split = min((sum(free_at[:k]) + work) / k for k in range(1, len(free_at) + 1))
+    return max(split, free_at[0] + max(job.duration_s for job in big))
+
+
 def work_done(attempt: Attempt, moment: float, on: dict[tuple[int, int], list[Attempt]]) -> float:
     """Solo seconds of work the attempt had done by `moment` (`on`: the attempts of each GPU): it ran at
     1/load of its busiest GPU (processor sharing)."""
