@@ -29,7 +29,14 @@ from dataclasses import fields, replace
 
 from app.scheduler.state import PolicyConfig
 from app.simulator.engine import CONFIGS, Estimates, Result, Simulation
-from app.simulator.report import big_jobs_end, infeasibilities, schedule_rows, soonest_end, summarise
+from app.simulator.report import (
+    big_jobs_end,
+    infeasibilities,
+    schedule_rows,
+    soonest_end,
+    summarise,
+    too_big_to_pair,
+)
 from app.simulator.trace import bound_terms
 from app.simulator.workload import generate
 from app.units import parse_gpu_spec
@@ -62,11 +69,13 @@ def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str
             if soonest is not None and soonest > deadline:
                 sealing.append(f"{job.job_id} could end no sooner than {soonest / deadline:.2f}x the limit")
     sealed = "by a late job alone" if sealing else ""
-    half = max(sim.sizes) / 2
-    big = [trace[i].submit_s for i, (end, _) in result.finished.items() if end > deadline and trace[i].vram_mb > half]
-    if big and (bound := big_jobs_end(sim, result, max(big))) > deadline:
+    late_big = [
+        trace[i] for i, (end, _) in result.finished.items() if end > deadline and too_big_to_pair(sim, trace[i])
+    ]
+    arrived = max((job.submit_s for job in late_big), default=None)
+    if arrived is not None and (bound := big_jobs_end(sim, result, arrived)) > deadline:
         sealing.append(
-            f"the jobs over half a GPU not started at {max(big):.0f} s could end no sooner than "
+            f"the jobs over half a GPU not started at {arrived:.0f} s could end no sooner than "
             f"{bound / deadline:.2f}x the limit"
         )
         sealed = sealed or "by the big jobs together"
@@ -106,8 +115,8 @@ def check(
     if explain and ratio > limit(load):
         terms = bound_terms(trace, len(sizes), sum(sizes))
         term = max(terms, key=lambda name: terms[name])
-        text, kind, sealed_early = culprits(sim, result, limit(load) * vramq["lower_bound_s"])
-        why = (f"bound set by {term}; {text}", kind, term, sealed_early)
+        text, kind, sealed = culprits(sim, result, limit(load) * vramq["lower_bound_s"])
+        why = (f"bound set by {term}; {text}", kind, term, sealed)
     bad = infeasibilities(trace, schedule_rows(sim, result), sizes, ledger=True)
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())

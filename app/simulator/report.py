@@ -142,15 +142,11 @@ def soonest_end(sim: Simulation, result: Result, index: int) -> float | None:
     job = dict(sim.trace)[index]
     if job.gpus > 1:
         return None
-    on: defaultdict[tuple[int, int], list[Attempt]] = defaultdict(list)
-    for a in result.attempts:
-        for g in a.gpus:
-            on[a.node, g].append(a)
+    on = attempts_by_gpu(result)
     best = math.inf
-    for node, g in [(n, g) for n in range(sim.nodes) for g in range(len(sim.sizes))]:
-        present = [a for a in on[node, g] if a.index != index and a.start <= job.submit_s < (a.end or math.inf)]
+    for (_, g), running in running_at(sim, on, job.submit_s).items():
         # What each still had to do: the work it did from then to its end (a success, or an OOM at its cap).
-        items = [(a.done - work_done(a, job.submit_s, on), a) for a in present]
+        items = [(a.done - work_done(a, job.submit_s, on), a) for a in running if a.index != index]
         items.sort(key=lambda item: item[0])
         moments = [(job.submit_s, 0.0)]
         for left, _ in items:
@@ -170,18 +166,17 @@ def big_jobs_end(sim: Simulation, result: Result, moment: float) -> float:
     are split over the GPUs, the last ends no sooner than the best split of their run times over the GPUs
     as they free up (the GPUs a split leaves out take none). No decision from `moment` on could have ended
     them sooner."""
-    half = max(sim.sizes) / 2
-    big = [job for index, job in sim.trace if job.vram_mb > half and result.first_start.get(index, math.inf) > moment]
+    big = [
+        job
+        for index, job in sim.trace
+        if too_big_to_pair(sim, job) and result.first_start.get(index, math.inf) > moment
+    ]
     if not big:
         return moment
     smallest = min(job.vram_mb for job in big)
-    on: defaultdict[tuple[int, int], list[Attempt]] = defaultdict(list)
-    for a in result.attempts:
-        for g in a.gpus:
-            on[a.node, g].append(a)
+    on = attempts_by_gpu(result)
     free_at = []
-    for node, g in [(n, g) for n in range(sim.nodes) for g in range(len(sim.sizes))]:
-        running = [a for a in on[node, g] if a.start <= moment < (a.end or math.inf)]
+    for (_, g), running in running_at(sim, on, moment).items():
         # Each ends no sooner than its work left at full speed; the GPU has room once those still running hold
         # no more than its memory less the smallest big job's.
         ends = sorted((moment + a.done - work_done(a, moment, on), a.request_mb) for a in running)
@@ -195,6 +190,31 @@ def big_jobs_end(sim: Simulation, result: Result, moment: float) -> float:
     free_at.sort()
     split = min((sum(free_at[:k]) + work) / k for k in range(1, len(free_at) + 1))
     return max(split, free_at[0] + max(job.duration_s for job in big))
+
+
+def too_big_to_pair(sim: Simulation, job: TraceJob) -> bool:
+    """Whether the job needs more than half the largest GPU: no two such jobs ever share one."""
+    return job.vram_mb > max(sim.sizes) / 2
+
+
+def attempts_by_gpu(result: Result) -> defaultdict[tuple[int, int], list[Attempt]]:
+    """Each GPU's attempts, by (node, GPU index)."""
+    on: defaultdict[tuple[int, int], list[Attempt]] = defaultdict(list)
+    for a in result.attempts:
+        for g in a.gpus:
+            on[a.node, g].append(a)
+    return on
+
+
+def running_at(
+    sim: Simulation, on: dict[tuple[int, int], list[Attempt]], moment: float
+) -> dict[tuple[int, int], list[Attempt]]:
+    """Every GPU of the simulation, with the attempts running on it at `moment`."""
+    return {
+        (n, g): [a for a in on.get((n, g), []) if a.start <= moment < (a.end or math.inf)]
+        for n in range(sim.nodes)
+        for g in range(len(sim.sizes))
+    }
 
 
 def work_done(attempt: Attempt, moment: float, on: dict[tuple[int, int], list[Attempt]]) -> float:
