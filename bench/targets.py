@@ -17,7 +17,7 @@ had arrived, one after another on each GPU as the attempts running then left roo
 By default the policy knows each queued job's utilisation and run time exactly (a perfect history);
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
-time instead.
+time instead, which it knows to be limits (upper bounds), as the live scheduler knows a job's time_limit_s.
 --set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share, backfill;
 a number, true, false or none), to see what each target gains and loses: e.g. --set critical_share=0.75.
 """
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--explain", action="store_true", help="name the jobs behind each makespan miss")
     parser.add_argument("--util-unknown", action="store_true", help="no utilisation history: 0.5 until measured")
-    parser.add_argument("--limit-factor", type=float, default=1.0, help="time limits this many times the run time")
+    parser.add_argument("--limit-factor", type=float, help="time limits this many times the run time")
     parser.add_argument("--set", type=setting, action="append", default=[], help="NAME=VALUE: a policy setting")
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split("-"))

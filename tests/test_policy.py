@@ -2,6 +2,7 @@
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -286,6 +287,31 @@ def test_a_short_job_shares_a_critical_jobs_gpu_only_where_it_delays_no_end() ->
     assert [p.gpu_indices for p in both.placements] == [(1,)]
     assert alone.placements == []
     assert "compute-saturated" in alone.waiting[1].reason
+
+
+def test_a_critical_job_planned_on_its_time_limit_stacks_past_the_cap_only_onto_an_unsaturated_gpu() -> None:
+    """Both GPUs run a busy job until t=2000. A 4000 s job of utilisation 0.9 is critical (0.9 of the 3800
+    GPU-seconds of known work per GPU is 3420 s). With its run time known it starts now at a load of 1.9,
+    past the cap of 1.6: it still ends at 5800, sooner than waiting (6000). Planned on a time limit, the
+    true end of the stack is not known, so it waits for a GPU to free up rather than pile onto a saturated
+    one; a GPU below saturation (0.8) it may still take past the cap."""
+    running = [RunningJob("a", (i,), 4000, util=1.0, expected_end=2000.0) for i in range(2)]
+    saturated = [NodeState("a", 8, (GpuState(0, 20000, util=1.0), GpuState(1, 20000, util=1.0)))]
+    estimate = PendingJob(1, 4000, util=0.9, duration_s=4000)
+    limit = replace(estimate, duration_is_limit=True)
+    assert critical_path([estimate], running, gpu_count=2, now=0, share=0.9)[0] == {1}
+
+    known = schedule([estimate], saturated, now=0, running=running)
+    bounded = schedule([limit], saturated, now=0, running=running)
+    unsaturated = [NodeState("a", 8, (GpuState(0, 20000, util=1.0), GpuState(1, 20000, util=0.8)))]
+    beside = schedule([limit], unsaturated, now=0, running=[running[0], replace(running[1], util=0.8)])
+
+    assert [p.gpu_indices for p in known.placements] == [(0,)]
+    assert bounded.placements == []
+    assert "compute-saturated" in bounded.waiting[1].reason
+    assert bounded.waiting[1].estimated_start is None  # not now: the forecast dates it
+    assert forecast([limit], saturated, now=0, config=PolicyConfig(), running=running) == {1: 2000.0}
+    assert [p.gpu_indices for p in beside.placements] == [(1,)]
 
 
 def test_jobs_too_big_to_share_a_gpu_set_the_end_together() -> None:

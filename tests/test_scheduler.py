@@ -217,6 +217,7 @@ def test_without_a_time_limit_a_queued_job_is_expected_to_run_as_long_as_its_his
         pending = inputs.pending_jobs(queued, inputs.History.of(session, queued))
 
     assert [p.duration_s for p in pending] == [200.0, 60.0, None]  # the median; a time limit wins; unknown
+    assert [p.duration_is_limit for p in pending] == [False, True, False]  # only the limit is an upper bound
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,7 @@ def pending_jobs(queued: Sequence[Job], history: History) -> list[PendingJob]:
             user=job.user.name,
             util=history.util(job),
             duration_s=history.duration(job),
+            duration_is_limit=bool(job.time_limit_s),
         )
         for job in queued
     ]

@@ -9,7 +9,9 @@ the same `schedule`, so what the benchmark measures is what runs.
   known work outlasts the job, then the tightest memory fit: memory is packed without stacking compute far
   past saturation, and GPUs of short jobs drain together.
 - Critical path: a job whose own run time is most of the known work left starts first, where it
-  least raises the projected end of the known work (processor sharing, `finish_time`). A later job may
+  least raises the projected end of the known work (processor sharing, `finish_time`), past the compute
+  cap if need be; planned on a time limit (an upper bound: the projection overstates the end, so a
+  stack looks free when it is not), past the cap only onto a GPU not yet saturated. A later job may
   take its GPU past saturation only if that GPU's known work still ends by the projected end of all of
   it (short jobs fill the slack beside critical ones; none delays the end). When every GPU with room now
   would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
@@ -146,7 +148,10 @@ def schedule(
                 reservation = later or reserve(cluster, job, now, config.compute_cap)
         if reservation is not None and reservation.job is job:
             why = _why(cluster, job, blocked, reservation, config.compute_cap)
-            decision.waiting[job.id] = Wait(why, reservation.start, blocked)
+            # Held from now (its GPUs have room but not the compute, or no worker slot): when it starts is
+            # the forecast's to say, not now.
+            start = reservation.start if reservation.start is not None and reservation.start > now else None
+            decision.waiting[job.id] = Wait(why, start, blocked)
             return False
         # Jobs alike in request and GPUs wait for the same reason until the next placement: one Wait for all.
         key = (job.vram_mb, job.gpus, blocked)  # the reservation, set once, is the same for all

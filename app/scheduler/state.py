@@ -30,6 +30,8 @@ class PendingJob:
     user: str = ""
     util: float = DEFAULT_UTIL
     duration_s: float | None = None  # expected run time (its time limit, or history); None: unknown
+    # True: duration_s is a time limit, an upper bound on the run time rather than an estimate of it
+    duration_is_limit: bool = False
 
 
 @dataclass(frozen=True)

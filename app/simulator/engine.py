@@ -42,7 +42,9 @@ class Estimates:
     # False: no history before the trace. A job is at DEFAULT_UTIL until a job of its fingerprint has
     # started: then its load is measured, as the live scheduler measures a sweep's first jobs.
     util_known: bool = True
-    limit_factor: float = 1.0  # its expected run time, as a time limit this many times the true one
+    # None: its run time is known as a perfect history would tell it. A number: it has only a time
+    # limit, this many times its true run time (an upper bound when >= 1).
+    limit_factor: float | None = None
 
 
 @dataclass
@@ -175,7 +177,8 @@ class Simulation:
                 w.job.submit_s,
                 w.job.user,
                 w.job.util if known.util_known or _fingerprint(w.job) in self.measured else DEFAULT_UTIL,
-                w.job.duration_s * known.limit_factor,
+                w.job.duration_s * (1.0 if known.limit_factor is None else known.limit_factor),
+                known.limit_factor is not None,
             )
             for w in self.waiting
         ]
