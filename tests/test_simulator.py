@@ -104,6 +104,20 @@ def test_without_history_a_job_learns_the_load_of_its_fingerprints_first_job() -
     assert [a.start for a in with_stranger.attempts] == [0.0, 100.0]
 
 
+def test_a_long_job_known_only_by_its_time_limit_does_not_stack_onto_a_saturated_gpu() -> None:
+    """A busy job holds the GPU until t=500; a 4000 s job of utilisation 0.9 arriving at t=1 is most of the
+    known work, so it goes first. Its run time known, it starts at once at a load of 1.9, past the cap
+    (it ends at 4450 s, before waiting would let it: 4500 s). With only a time limit (--limit-factor 1:
+    the limit is its true run time, but the policy cannot know that), it waits for the GPU to free up."""
+    jobs = [TraceJob("busy", 0.0, "u", 4000, 4000, 500.0, 1.0), TraceJob("long", 1.0, "v", 4000, 4000, 4000.0, 0.9)]
+
+    known = Simulation(jobs, [24576]).run()
+    limited = Simulation(jobs, [24576], estimates=Estimates(limit_factor=1.0)).run()
+
+    assert [a.start for a in known.attempts] == [0.0, 1.0]
+    assert [a.start for a in limited.attempts] == [0.0, pytest.approx(500.0)]
+
+
 def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:
     """The same two busy jobs: without a compute cap, the second starts beside the first (bench/targets.py
     --set compute_cap=none)."""
