@@ -23,6 +23,7 @@ a number, true, false or none), to see what each target gains and loses: e.g. --
 """
 
 import argparse
+import math
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields, replace
@@ -86,6 +87,16 @@ def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str
     return text, rows[0][2], sealed
 
 
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number above 0")
+    return value
+
+
 def setting(text: str) -> tuple[str, float | bool | None]:
     """NAME=VALUE of --set, checked against PolicyConfig."""
     name, _, value = text.partition("=")
@@ -133,7 +144,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--explain", action="store_true", help="name the jobs behind each makespan miss")
     parser.add_argument("--util-unknown", action="store_true", help="no utilisation history: 0.5 until measured")
-    parser.add_argument("--limit-factor", type=float, help="time limits this many times the run time")
+    parser.add_argument("--limit-factor", type=positive, help="time limits this many times the run time")
     parser.add_argument("--set", type=setting, action="append", default=[], help="NAME=VALUE: a policy setting")
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split("-"))

@@ -66,10 +66,9 @@ class Cluster:
             return True
         load = self.util[key] + job.util
         if critical:
-            # Past the cap too: fitting() puts it where it raises the projected end of all known work least,
-            # which with run times as history tells them is what the stack costs. Time limits overstate
-            # that end, so a stack under it looks free when it is not: planned on a limit, a critical job
-            # goes past the cap only onto a GPU not yet saturated.
+            # Past the cap too, where it raises the projected end of all known work least (fitting). Time
+            # limits overstate that end, so a stack under it looks free when it is not: planned on a limit,
+            # only onto a GPU not yet saturated.
             return not job.duration_is_limit or load <= cap or self.util[key] < 1.0
         if key in self.protected and load > 1.0:
             # Sharing a critical job's compute slows it: only a job after which the GPU's known work still
