@@ -34,6 +34,10 @@ RUN_PROGRESS_KEY = PREFIX + ":progress:{job_id}:{attempt}"
 # short enough to follow a job whose load changes.
 RUN_LOAD_KEY = PREFIX + ":load:{job_id}:{attempt}"
 RUN_LOAD_SAMPLES = 60
+# Set by the scheduler to preempt a running attempt (policy.preemptions): its worker stops it, and the job
+# is queued again to resume from its last epoch checkpoint. Expires in case the attempt ended meanwhile.
+RUN_PREEMPT_KEY = PREFIX + ":preempt:{job_id}:{attempt}"
+RUN_PREEMPT_TTL_S = 3600
 
 # One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.
 LEADER_KEY = f"{PREFIX}:scheduler:leader"

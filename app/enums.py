@@ -31,3 +31,4 @@ class FailureReason(StrEnum):
     ERROR = "error"
     LAUNCH_ERROR = "launch_error"
     LOST = "lost"
+    PREEMPTED = "preempted"  # stopped to make room for a bigger job; queued again, using no retry

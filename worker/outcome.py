@@ -20,6 +20,7 @@ class Stopped(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     CAP_EXCEEDED = "cap_exceeded"
+    PREEMPTED = "preempted"
 
 
 def classify(exit_code: int, log_tail: str, stopped: Stopped | None) -> tuple[JobStatus, FailureReason | None]:
@@ -29,6 +30,8 @@ def classify(exit_code: int, log_tail: str, stopped: Stopped | None) -> tuple[Jo
         return JobStatus.FAILED, FailureReason.TIMEOUT
     if stopped is Stopped.CAP_EXCEEDED:
         return JobStatus.FAILED, FailureReason.CAP_EXCEEDED
+    if stopped is Stopped.PREEMPTED:
+        return JobStatus.FAILED, FailureReason.PREEMPTED
     if exit_code == 0:
         return JobStatus.SUCCEEDED, None
     if OOM_PATTERNS.search(log_tail):

@@ -23,6 +23,7 @@ from app.constants import (
     RUN_LOG_KEEP_BYTES,
     RUN_LOG_MAX_BYTES,
     RUN_LOG_TTL_S,
+    RUN_PREEMPT_KEY,
     RUN_PROGRESS_KEY,
     run_log_keys,
 )
@@ -195,6 +196,7 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
             RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no),
             RUN_PROGRESS_KEY.format(job_id=job_id, attempt=attempt_no),
             RUN_LOAD_KEY.format(job_id=job_id, attempt=attempt_no),
+            RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempt_no),
         )
 
 
@@ -275,7 +277,8 @@ def _cancel_requested(ctx: WorkerContext, job_id: int) -> bool:
 
 
 def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: Attempt) -> None:
-    """Wait for the process while enforcing cancel, time limit and the memory cap; follow its metrics."""
+    """Wait for the process while enforcing cancel, preemption, time limit and the memory cap; follow its
+    metrics."""
     settings = ctx.settings
     deadline = time.monotonic() + attempt.time_limit_s if attempt.time_limit_s else None
     while True:
@@ -297,6 +300,8 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
             attempt.stopped = Stopped.TIMEOUT
         elif _cancel_requested(ctx, attempt.job_id):
             attempt.stopped = Stopped.CANCELLED
+        elif ctx.redis.exists(RUN_PREEMPT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)):
+            attempt.stopped = Stopped.PREEMPTED
         if attempt.stopped is not None:
             with attempt.log_path.open("a") as handle:
                 handle.write(f"[vramq] stopping the job: {attempt.stopped}\n")
@@ -337,6 +342,8 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             )
         if reached is JobStatus.SUCCEEDED:
             _register_models(session, job, attempt)
+    if reached is JobStatus.QUEUED and reason is FailureReason.PREEMPTED:
+        _note(attempt, "preempted to make room for a job too big to share a GPU: queued again (no retry used)")
     if reached is JobStatus.QUEUED and next_vram_mb is not None:
         _note(attempt, f"out of memory inside a {job.vram_mb} MB cap: retrying with {next_vram_mb} MB")
     if reached is None:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Run, User
+from app.enums import JobStatus
 from app.scheduler.fairshare import decayed_gb_hours
 from app.scheduler.state import DEFAULT_UTIL, PendingJob, RunningJob, UserState
 from app.services.progress import Progress
@@ -95,18 +96,26 @@ def running_jobs(
 ) -> list[RunningJob]:
     """Active jobs with their compute load (measured, else from history) and expected end: by their time
     limit at the latest (counted from dispatch until they start), sooner where their training's progress
-    says so, else after their history's run time."""
-    loads = loads or {}
+    says so, else after their history's run time. Preemptible: running, with an epoch done in this
+    attempt, so its autolog has checkpointed one for the next attempt to resume from."""
+    loads, progress = loads or {}, progress or {}
     return [
         RunningJob(
             job.node or "",
             tuple(job.gpu_indices or ()),
             job.vram_mb,
             loads.get(job.id, history.util(job)),
-            _expected_end(job, history, (progress or {}).get(job.id), now.timestamp()),
+            _expected_end(job, history, progress.get(job.id), now.timestamp()),
+            job.id,
+            job.status is JobStatus.RUNNING and _checkpointed(progress.get(job.id)),
         )
         for job in active
     ]
+
+
+def _checkpointed(report: Progress | None) -> bool:
+    """Whether the attempt has finished an epoch, which its autolog checkpoints."""
+    return report is not None and report.done > report.start
 
 
 def _expected_end(job: Job, history: History, report: Progress | None, now: float) -> float | None:

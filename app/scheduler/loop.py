@@ -4,6 +4,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -22,6 +23,8 @@ from app.constants import (
     REENQUEUE_AFTER_S,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
+    RUN_PREEMPT_KEY,
+    RUN_PREEMPT_TTL_S,
     SCHEDULER_WAKE_KEY,
     node_queue,
     rq_job_id,
@@ -33,7 +36,7 @@ from app.scheduler import inputs
 from app.scheduler.forecast import forecast
 from app.scheduler.ledger import active_jobs, node_states, reservations_of, running_attempts
 from app.scheduler.policy import schedule
-from app.scheduler.state import Placement, PolicyConfig, Quotas, Wait
+from app.scheduler.state import Placement, PolicyConfig, Preemption, Quotas, Wait
 from app.services import progress, transitions
 from app.services.nodes import NodeSnapshot, live_nodes
 from app.services.waiting import publish_waiting
@@ -138,6 +141,7 @@ class Scheduler:
             ]
         for placement in placements:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
+        self._preempt(decision.preemptions, active)
         moment = now.timestamp()
         since = moment - self.forecast_at
         arrived = any(job_id not in self.forecast_ids for job_id in decision.waiting)
@@ -149,6 +153,23 @@ class Scheduler:
                 log.exception("forecast of estimated starts failed")
         publish_waiting(self.redis, self._with_estimates(decision.waiting, moment))
         return placements
+
+    def _preempt(self, preemptions: list[Preemption], active: Sequence[Job]) -> None:
+        """Ask the workers of the running jobs the policy preempts to stop them (again each tick until they
+        have: a flag already set is set again); each is then queued again by its worker."""
+        attempts = {job.id: job.attempt for job in active}
+        keys = [
+            RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempts[job_id])
+            for preemption in preemptions
+            for job_id in preemption.job_ids
+            if job_id in attempts
+        ]
+        if keys:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, "1", ex=RUN_PREEMPT_TTL_S)
+                pipe.execute()
+            log.info("preempting jobs %s", ", ".join(str(p.job_ids) for p in preemptions))
 
     def _with_estimates(self, waiting: dict[int, Wait], now: float) -> dict[int, Wait]:
         """The policy's estimate where it gives one (the reserved job), else the forecast's while it is

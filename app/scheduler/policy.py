@@ -33,6 +33,7 @@ from app.scheduler.state import (
     PendingJob,
     Placement,
     PolicyConfig,
+    Preemption,
     Quotas,
     RunningJob,
     UserState,
@@ -40,6 +41,8 @@ from app.scheduler.state import (
 )
 
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
+PREEMPT_WAIT = 0.05  # a big critical job preempts only if it would wait this share of its run time or more
+PREEMPT_LEFT = 0.5  # nor stops a job with this share of the big job's run time or more still to run
 
 
 def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_share: bool) -> list[list[PendingJob]]:
@@ -103,6 +106,7 @@ def schedule(
     reservation: Reservation | None = None
     blocked_by: PendingJob | None = None
     critical: set[int] = set()
+    capacity = 0
     if config.critical_share is not None:
         gpu_count = sum(len(node.gpus) for node in nodes)
         # What vramq's jobs can hold on one GPU: free memory with every running job there gone.
@@ -179,7 +183,72 @@ def schedule(
         if queue:
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
+    if config.preempt and critical:
+        big = [p for p in pending if p.id in critical and 2 * p.vram_mb > capacity]
+        decision.preemptions = preemptions(cluster, big, running, decision.waiting, capacity, now)
     return decision
+
+
+def preemptions(
+    cluster: Cluster,
+    big: Sequence[PendingJob],
+    running: Sequence[RunningJob],
+    waiting: dict[int, Wait],
+    capacity: int,
+    now: float,
+) -> list[Preemption]:
+    """Room for critical jobs too big to share a GPU, made by stopping small jobs that resume from their
+    last epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so
+    late that it would end after every running job. Only on a GPU whose jobs are all preemptible, none
+    of them big, and none with as much as half the big job's run time left (it would soon give the room
+    back anyway); the fewest megabytes stopped."""
+    last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
+    taken: set[tuple[str, int]] = set()
+    chosen = []
+    for job in sorted(big, key=lambda p: (-(p.duration_s or 0), p.id)):
+        wait = waiting.get(job.id)
+        if job.gpus != 1 or job.duration_s is None or wait is None or wait.kind not in ("memory", "held"):
+            continue
+        start = wait.estimated_start
+        if start is None or start - now < PREEMPT_WAIT * job.duration_s or start + job.duration_s <= last:
+            continue
+        best: tuple[int, Preemption] | None = None
+        for key, free in cluster.free.items():
+            on = [r for r in cluster.running if r.node == key[0] and key[1] in r.gpu_indices]
+            if key in taken or not on or not all(_preemptible(r, job, capacity, now) for r in on):
+                continue
+            victims = []
+            for r in sorted(on, key=lambda r: -r.vram_mb):
+                if free >= job.vram_mb:
+                    break
+                victims.append(r)
+                free += r.vram_mb
+            cost = sum(r.vram_mb for r in victims)
+            if free >= job.vram_mb and victims and (best is None or cost < best[0]):
+                best = (cost, Preemption(job.id, key[0], key[1], tuple(r.job_id for r in victims if r.job_id)))
+        if best is not None:
+            chosen.append(best[1])
+            taken.add((best[1].node, best[1].gpu))
+            stopped = ", ".join(str(i) for i in best[1].job_ids)
+            waiting[job.id] = Wait(
+                f"{wait.reason}; stopping jobs {stopped} on {best[1].node} GPU {best[1].gpu} to make room "
+                "(they resume from their last epoch checkpoint)",
+                None,
+                "preempting",
+            )
+    return chosen
+
+
+def _preemptible(victim: RunningJob, job: PendingJob, capacity: int, now: float) -> bool:
+    assert job.duration_s is not None
+    return (
+        victim.preemptible
+        and victim.job_id is not None
+        and len(victim.gpu_indices) == 1
+        and 2 * victim.vram_mb <= capacity
+        and victim.expected_end is not None
+        and victim.expected_end - now < PREEMPT_LEFT * job.duration_s
+    )
 
 
 def _quota_reason(job: PendingJob, counts: list[int], quotas: Quotas) -> str | None:

@@ -41,6 +41,10 @@ class RunningJob:
     vram_mb: int
     util: float = DEFAULT_UTIL
     expected_end: float | None = None  # None: unknown (no time limit, progress or history, or past them)
+    job_id: int | None = None
+    # True: it can be stopped and queued again without losing more than its last epoch (it has
+    # checkpointed an epoch, which its next attempt resumes from)
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class PolicyConfig:
     backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
     compute_cap: float | None = 1.6  # expected compute load a GPU may reach (tuned: bench/policies.py)
     critical_share: float | None = 0.9  # jobs this long relative to the packed work ahead start first
+    preempt: bool = True  # a critical job too big to share a GPU may preempt checkpointed small jobs
     quotas: Quotas = Quotas()
 
 
@@ -81,7 +86,18 @@ class Wait:
     kind: str = ""  # what it lacks, for tallies: memory, slots, compute, held, critical, quota, order
 
 
+@dataclass(frozen=True)
+class Preemption:
+    """Running jobs to stop and queue again, so that `for_job` finds room on `gpu` of `node`."""
+
+    for_job: int
+    node: str
+    gpu: int
+    job_ids: tuple[int, ...]
+
+
 @dataclass
 class Decision:
     placements: list[Placement] = field(default_factory=list)
     waiting: dict[int, Wait] = field(default_factory=dict)
+    preemptions: list[Preemption] = field(default_factory=list)

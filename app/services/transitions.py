@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Run, utcnow
@@ -100,12 +100,13 @@ def finish(
     next_vram_mb: int | None = None,
 ) -> JobStatus | None:
     """End an attempt and release its reservation, once. A failure the job retries on (its retry_on,
-    by default oom and lost) with retries left is queued again, with `next_vram_mb` when given.
+    by default oom and lost) with retries left is queued again, with `next_vram_mb` when given; so is a
+    preempted attempt, always, using no retry.
 
     Returns the status the job reached, or None when the attempt had already ended.
     """
     now = utcnow()
-    if retries(job, attempt, target, reason):
+    if retries(session, job, attempt, target, reason):
         values = _requeue_values(attempt, reason, exit_code, peak_vram_mb)
         if next_vram_mb is not None:
             values["vram_mb"] = next_vram_mb
@@ -126,14 +127,17 @@ def finish(
     return reached
 
 
-def retries(job: Job, attempt: int, target: JobStatus, reason: FailureReason | None) -> bool:
-    return (
-        target is JobStatus.FAILED
-        and reason is not None
-        and reason not in NOT_RETRIED
-        and reason in job.retry_on
-        and attempt <= job.max_retries
+def retries(session: Session, job: Job, attempt: int, target: JobStatus, reason: FailureReason | None) -> bool:
+    if target is not JobStatus.FAILED or reason is None:
+        return False
+    if reason is FailureReason.PREEMPTED:
+        return True
+    if reason in NOT_RETRIED or reason not in job.retry_on:
+        return False
+    preempted = session.scalar(
+        select(func.count()).where(Run.job_id == job.id, Run.failure_reason == FailureReason.PREEMPTED)
     )
+    return attempt - (preempted or 0) <= job.max_retries
 
 
 def _requeue_values(

@@ -32,6 +32,9 @@ CONFIGS = {
     "fifo-ledger": PolicyConfig(fair_share=False, backfill=False, compute_cap=None, critical_share=None),
 }
 GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
+# A preempted job resumes from its last epoch checkpoint: it redoes at most this much work (an epoch of a
+# few minutes), and it is preemptible only once it has done that much (checkpointed an epoch).
+PREEMPTION_LOSS_S = 300.0
 EPS = 1e-7
 
 
@@ -57,8 +60,9 @@ class Attempt:
     gpus: tuple[int, ...]
     start: float
     done: float = 0.0  # solo-seconds of work done
+    preempted: int = 0  # how many earlier attempts were preempted (they use no retry)
     end: float | None = None
-    outcome: str | None = None  # succeeded | oom | oom_other | failed
+    outcome: str | None = None  # succeeded | oom | oom_other | failed | preempted
 
     def usage_mb(self) -> float:
         grown = self.done / (GROWTH_FRACTION * self.job.duration_s)
@@ -74,6 +78,8 @@ class Waiting:
     job: TraceJob
     request_mb: int
     number: int = 1
+    done: float = 0.0  # work kept from a preempted attempt (its last checkpoint)
+    preempted: int = 0
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Result:
     finished: dict[int, tuple[float, bool]] = field(default_factory=dict)  # index -> (end, succeeded)
     refused: list[int] = field(default_factory=list)  # indices of jobs no node could ever hold
     decisions: int = 0
+    preemptions: int = 0
     # Ledger policies: each job's time queued by what it lacked (Wait.kind: memory, compute, held...).
     waited: defaultdict[int, defaultdict[str, float]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(float))
@@ -163,7 +170,13 @@ class Simulation:
         ]
         running = [
             RunningJob(
-                str(a.node), a.gpus, a.request_mb, a.job.util, self.now + (a.job.duration_s - a.done) / rates[id(a)]
+                str(a.node),
+                a.gpus,
+                a.request_mb,
+                a.job.util,
+                self.now + (a.job.duration_s - a.done) / rates[id(a)],
+                a.index,
+                a.done >= PREEMPTION_LOSS_S,  # it has checkpointed an epoch
             )
             for a in self.running
         ]
@@ -190,6 +203,9 @@ class Simulation:
             self.result.waited[index][kind] += self.now - since
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
         by_index = {w.index: w for w in self.waiting}
+        for preemption in decision.preemptions:
+            for a in [a for a in self._on(int(preemption.node), preemption.gpu) if a.index in preemption.job_ids]:
+                self._end(a, "preempted")
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
 
     def _decide_simple(
@@ -215,7 +231,17 @@ class Simulation:
 
     def _start(self, waiting: Waiting, node: int, gpus: tuple[int, ...]) -> None:
         self.waiting.remove(waiting)
-        attempt = Attempt(waiting.job, waiting.index, waiting.number, waiting.request_mb, node, gpus, self.now)
+        attempt = Attempt(
+            waiting.job,
+            waiting.index,
+            waiting.number,
+            waiting.request_mb,
+            node,
+            gpus,
+            self.now,
+            waiting.done,
+            waiting.preempted,
+        )
         self.running.append(attempt)
         for gpu in gpus:
             self.on[node, gpu].append(attempt)
@@ -235,7 +261,13 @@ class Simulation:
         job = attempt.job
         if outcome == "succeeded":
             self.result.finished[attempt.index] = (self.now, True)
-        elif attempt.number <= self.max_retries:
+        elif outcome == "preempted":
+            self.result.preemptions += 1
+            done = max(0.0, attempt.done - PREEMPTION_LOSS_S)
+            self.waiting.append(
+                Waiting(attempt.index, job, attempt.request_mb, attempt.number + 1, done, attempt.preempted + 1)
+            )
+        elif attempt.number - attempt.preempted <= self.max_retries:
             request = attempt.request_mb
             if outcome == "oom" and self.policy in CONFIGS:
                 request = grown_request(request, max(self.sizes))
@@ -330,9 +362,13 @@ class Simulation:
                     self.waiting.append(Waiting(index, job, job.vram_mb))
                 else:
                     self.result.refused.append(index)
-            if self.waiting:
-                for waiting, node, gpus in self._decide():
-                    self._start(waiting, node, gpus)
+            for _ in range(2):  # again at once after preemptions, for the job they made room for
+                preempted = self.result.preemptions
+                if self.waiting:
+                    for waiting, node, gpus in self._decide():
+                        self._start(waiting, node, gpus)
+                if self.result.preemptions == preempted:
+                    break
             next_arrival = arrivals[0][1].submit_s if arrivals else math.inf
             rates = self._rates()
             soonest, reached, full = self._next_event(next_arrival, rates)
