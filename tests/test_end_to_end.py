@@ -13,7 +13,7 @@ from redis import Redis
 from sqlalchemy import select
 
 from app.config import Settings
-from app.constants import RUN_LOG_KEEP_BYTES, RUN_LOG_MAX_BYTES, RUN_LOG_TTL_S
+from app.constants import RUN_LOG_KEEP_BYTES, RUN_LOG_MAX_BYTES, RUN_LOG_TTL_S, RUN_PREEMPT_KEY
 from app.db.models import Run
 from app.enums import FailureReason, JobStatus
 from app.services.jobs import _read_log
@@ -98,6 +98,26 @@ def test_cancel_stops_the_whole_process_group(cluster: Cluster, client: TestClie
         alive = False
     assert not alive, "the job's process group outlived the cancel"
     assert client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth).json()["error"]["code"] == "job_finished"
+
+
+def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
+    cluster: Cluster, client: TestClient, auth: dict[str, str]
+) -> None:
+    """The scheduler flags a running attempt for preemption (policy.preemptions); its worker stops it, and
+    the job runs again as attempt 2 though it has no retries, as one that resumes from a checkpoint."""
+    code = "import os, time; time.sleep(0 if os.environ['VRAMQ_ATTEMPT'] == '2' else 300)"
+    job = submit(client, auth, command=py(code), max_retries=0)
+    cluster.wait(job["id"], {JobStatus.RUNNING})
+
+    cluster.redis.set(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1), "1")
+    done = cluster.wait(job["id"], timeout=30)
+
+    assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2)
+    runs = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
+    assert [run["failure_reason"] for run in runs] == ["preempted", None]
+    first = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
+    assert "preempted to make room" in first
+    assert not cluster.redis.exists(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1))
 
 
 def test_queued_job_is_cancelled_at_once(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:

@@ -72,7 +72,7 @@ def test_random_placements_never_over_commit() -> None:
 
 from app.scheduler.fairshare import DecayedUsage, decayed_gb_hours  # noqa: E402
 from app.scheduler.policy import critical_path, schedule  # noqa: E402
-from app.scheduler.state import PolicyConfig, Quotas, RunningJob, UserState  # noqa: E402
+from app.scheduler.state import PolicyConfig, Preemption, Quotas, RunningJob, UserState  # noqa: E402
 
 
 def test_decayed_usage_halves_each_half_life() -> None:
@@ -438,3 +438,31 @@ def test_judging_alike_queued_jobs_once_changes_no_decision(
     monkeypatch.setattr(Cluster, "__init__", forgetful)
     assert [schedule(p, n, 0.0, running=r, config=config) for p, n, r in states] == remembered
     assert sum(len(d.placements) for d in remembered) > 100 and sum(len(d.waiting) for d in remembered) > 1000
+
+
+def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rather_than_wait() -> None:
+    """A 22000 MB job of 100000 s fits on neither 24000 MB GPU before t=20000, when GPU 1's two small jobs
+    end; waiting, it would end at 120000, long after every running job (30000). So it stops GPU 1's jobs,
+    the 6000 MB one alone being room enough (fewest MB), and not GPU 0's, which has no checkpoint."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=100000)
+    nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.5), GpuState(1, 16000, util=1.0)))]
+
+    def running(end: float = 20000.0, preemptible: bool = True) -> list[RunningJob]:
+        return [
+            RunningJob("a", (0,), 4000, util=0.5, expected_end=30000.0, job_id=10),
+            RunningJob("a", (1,), 6000, util=0.5, expected_end=end, job_id=11, preemptible=preemptible),
+            RunningJob("a", (1,), 2000, util=0.5, expected_end=end, job_id=12, preemptible=preemptible),
+        ]
+
+    decision = schedule([big], nodes, now=0, running=running())
+
+    assert decision.placements == []
+    assert decision.preemptions == [Preemption(1, "a", 1, (11,))]
+    assert decision.waiting[1].kind == "preempting"
+    assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
+    # Not without checkpoints, nor jobs with half its run time left, nor for a short wait, nor when disabled.
+    assert schedule([big], nodes, now=0, running=running(preemptible=False)).preemptions == []
+    assert schedule([big], nodes, now=0, running=running(end=60000.0)).preemptions == []
+    assert schedule([big], nodes, now=0, running=running(end=3000.0)).preemptions == []
+    off = PolicyConfig(preempt=False)
+    assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.constants import RUN_HEARTBEAT_KEY, node_queue
+from app.constants import RUN_HEARTBEAT_KEY, RUN_PREEMPT_KEY, node_queue
 from app.db.models import Job, Run, utcnow
 from app.db.session import transaction
 from app.enums import FailureReason, JobStatus
@@ -364,3 +364,32 @@ def test_a_queued_job_without_history_takes_the_load_measured_on_its_running_sib
 )
 def test_progress_dates_the_end_at_the_fits_pace(report: Progress, expected: float | None) -> None:
     assert report.expected_end(started=1000) == expected
+
+
+def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    """A 13000 MB job holds GPU 0 and a 12000 MB one GPU 1; the second has finished an epoch (1000 s of
+    ten): it is checkpointed and ends in about 8800 s. A 22000 MB job with a 100000 s limit would wait for
+    it, then end long after it: its worker is asked to stop it. The other, without a checkpoint, is not."""
+    publish_node(redis, sizes=(24576, 24576))
+    other = make_job(sessions, vram_mb=13000)
+    scheduler.tick()
+    small = make_job(sessions, vram_mb=12000)
+    scheduler.tick()
+    started = utcnow() - timedelta(seconds=1200)
+    with transaction(sessions) as session:
+        transitions.start(session, small.id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == small.id).values(started_at=started))
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=small.id, attempt=1), "node-a", ex=10)
+    began = started.timestamp() + 20
+    progress.publish(redis, small.id, 1, Progress(done=1, total=10, start=0, began=began, at=began + 1000))
+    big = make_job(sessions, vram_mb=22000, time_limit_s=100000)
+
+    scheduler.tick()
+
+    assert reload(sessions, other.id).gpu_indices == [0] and reload(sessions, small.id).gpu_indices == [1]
+    assert redis.exists(RUN_PREEMPT_KEY.format(job_id=small.id, attempt=1))
+    assert not redis.exists(RUN_PREEMPT_KEY.format(job_id=other.id, attempt=1))
+    [(reason, _)] = waiting_of(redis, [big.id]).values()
+    assert f"stopping jobs {small.id} on node-a GPU 1" in reason

@@ -118,6 +118,36 @@ def test_a_long_job_known_only_by_its_time_limit_does_not_stack_onto_a_saturated
     assert [a.start for a in limited.attempts] == [0.0, pytest.approx(500.0)]
 
 
+def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoint() -> None:
+    """Two small jobs on each GPU until t=20000; a 22000 MB job of 100000 s arrives at t=1000. Waiting, it
+    would end at 120000. It stops GPU 0's jobs instead and ends at 101000; they resume on GPU 1 at once,
+    redoing the work since their last checkpoint, and use no retry (max_retries 0)."""
+    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
+    jobs = [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)]
+
+    sim = Simulation(jobs, [24576] * 2, max_retries=0)
+    result = sim.run()
+    waited = Simulation(jobs, [24576] * 2, config=replace(CONFIGS["vramq"], preempt=False)).run()
+
+    assert result.finished[4] == (pytest.approx(101000.0), True)
+    assert waited.finished[4] == (pytest.approx(120000.0), True)
+    assert all(ok for _, ok in result.finished.values())
+    rows = schedule_rows(sim, result)
+    assert sorted((r["job_id"], r["attempt"], r["outcome"]) for r in rows if r["job_id"] != "big") == [
+        ("s0", 1, "preempted"),
+        ("s0", 2, "succeeded"),
+        ("s1", 1, "preempted"),
+        ("s1", 2, "succeeded"),
+        ("s2", 1, "succeeded"),
+        ("s3", 1, "succeeded"),
+    ]
+    resumed = [a for a in result.attempts if a.number == 2]
+    assert [a.start for a in resumed] == [1000.0, 1000.0]
+    assert [a.done for a in resumed] == [pytest.approx(20000.0)] * 2
+    assert result.preemptions == 2
+    assert infeasibilities(jobs, rows, [24576] * 2, ledger=True) == []
+
+
 def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:
     """The same two busy jobs: without a compute cap, the second starts beside the first (bench/targets.py
     --set compute_cap=none)."""

@@ -225,7 +225,7 @@ def preemptions(
                 free += r.vram_mb
             cost = sum(r.vram_mb for r in victims)
             if free >= job.vram_mb and victims and (best is None or cost < best[0]):
-                best = (cost, Preemption(job.id, key[0], key[1], tuple(r.job_id for r in victims if r.job_id)))
+                best = (cost, Preemption(job.id, key[0], key[1], tuple(r.job_id for r in victims if r.job_id is not None)))
         if best is not None:
             chosen.append(best[1])
             taken.add((best[1].node, best[1].gpu))
