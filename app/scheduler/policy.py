@@ -16,6 +16,9 @@ the same `schedule`, so what the benchmark measures is what runs.
   it (short jobs fill the slack beside critical ones; none delays the end). When every GPU with room now
   would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
   them instead (a reservation).
+- Preemption: a critical job too big to share a GPU, whose reservation would have it end after every
+  running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions);
+  they are queued again and resume from that checkpoint.
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -225,7 +228,8 @@ def preemptions(
                 free += r.vram_mb
             cost = sum(r.vram_mb for r in victims)
             if free >= job.vram_mb and victims and (best is None or cost < best[0]):
-                best = (cost, Preemption(job.id, key[0], key[1], tuple(r.job_id for r in victims if r.job_id is not None)))
+                ids = tuple(r.job_id for r in victims if r.job_id is not None)
+                best = (cost, Preemption(job.id, key[0], key[1], ids))
         if best is not None:
             chosen.append(best[1])
             taken.add((best[1].node, best[1].gpu))
