@@ -1,6 +1,6 @@
 """Transitions, the ledger and the dispatch loop against real SQL and Redis (no node processes)."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from redis import Redis
@@ -277,6 +277,17 @@ def test_a_newly_queued_job_is_forecast_without_waiting_for_the_next_round(
     assert (second_start - first_start).total_seconds() == pytest.approx(100, abs=0.01)
 
 
+def run_with_progress(
+    sessions: sessionmaker[Session], redis: Redis, job_id: int, started: datetime, report: Progress
+) -> None:
+    """The dispatched job's first attempt started at `started`, beats, and its autolog reports `report`."""
+    with transaction(sessions) as session:
+        transitions.start(session, job_id, 1, pid=1, log_path="/l", output_dir="/o")
+        session.execute(update(Job).where(Job.id == job_id).values(started_at=started))
+    redis.set(RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=1), "node-a", ex=10)
+    progress.publish(redis, job_id, 1, report)
+
+
 def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
     scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
 ) -> None:
@@ -288,12 +299,8 @@ def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
     waiting = make_job(sessions, vram_mb=5000)
     scheduler.tick()
     started = utcnow() - timedelta(seconds=120)
-    with transaction(sessions) as session:
-        transitions.start(session, holder.id, 1, pid=1, log_path="/l", output_dir="/o")
-        session.execute(update(Job).where(Job.id == holder.id).values(started_at=started))
-    redis.set(RUN_HEARTBEAT_KEY.format(job_id=holder.id, attempt=1), "node-a", ex=10)
     began, at = started.timestamp() + 20, started.timestamp() + 100
-    progress.publish(redis, holder.id, 1, Progress(done=3, total=10, start=1, began=began, at=at))
+    run_with_progress(sessions, redis, holder.id, started, Progress(done=3, total=10, start=1, began=began, at=at))
 
     scheduler.tick()
 
@@ -378,12 +385,10 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     small = make_job(sessions, vram_mb=12000)
     scheduler.tick()
     started = utcnow() - timedelta(seconds=1200)
-    with transaction(sessions) as session:
-        transitions.start(session, small.id, 1, pid=1, log_path="/l", output_dir="/o")
-        session.execute(update(Job).where(Job.id == small.id).values(started_at=started))
-    redis.set(RUN_HEARTBEAT_KEY.format(job_id=small.id, attempt=1), "node-a", ex=10)
     began = started.timestamp() + 20
-    progress.publish(redis, small.id, 1, Progress(done=1, total=10, start=0, began=began, at=began + 1000))
+    run_with_progress(
+        sessions, redis, small.id, started, Progress(done=1, total=10, start=0, began=began, at=began + 1000)
+    )
     big = make_job(sessions, vram_mb=22000, time_limit_s=100000)
 
     scheduler.tick()
