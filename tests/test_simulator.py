@@ -13,12 +13,14 @@ import pytest
 
 from app.simulator.engine import CONFIGS, POLICIES, Estimates, Result, Simulation
 from app.simulator.report import (
+    attempts_by_gpu,
     big_jobs_end,
     infeasibilities,
     schedule_rows,
     soonest_end,
     summarise,
     uses_ledger,
+    work_done,
 )
 from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
 from app.simulator.workload import generate
@@ -144,6 +146,8 @@ def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoi
     resumed = [a for a in result.attempts if a.number == 2]
     assert [a.start for a in resumed] == [1000.0, 1000.0]
     assert [a.done for a in resumed] == [pytest.approx(20000.0)] * 2
+    on = attempts_by_gpu(result)  # what they had done when they resumed: their checkpoint, 300 s back
+    assert [work_done(a, 1000.0, on) for a in resumed] == [pytest.approx(700.0)] * 2
     assert result.preemptions == 2
     assert infeasibilities(jobs, rows, [24576] * 2, ledger=True) == []
 

@@ -33,7 +33,7 @@ CONFIGS = {
 }
 GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
 # A preempted job resumes from its last epoch checkpoint: it redoes at most this much work (an epoch of a
-# few minutes), and it is preemptible only once it has done that much (checkpointed an epoch).
+# few minutes), and it is preemptible only once it has done that much (it has a checkpoint).
 PREEMPTION_LOSS_S = 300.0
 EPS = 1e-7
 
@@ -60,6 +60,7 @@ class Attempt:
     gpus: tuple[int, ...]
     start: float
     done: float = 0.0  # solo-seconds of work done
+    resumed: float = 0.0  # of which done before it started: kept from a preempted attempt's checkpoint
     preempted: int = 0  # how many earlier attempts were preempted (they use no retry)
     end: float | None = None
     outcome: str | None = None  # succeeded | oom | oom_other | failed | preempted
@@ -176,7 +177,7 @@ class Simulation:
                 a.job.util,
                 self.now + (a.job.duration_s - a.done) / rates[id(a)],
                 a.index,
-                a.done >= PREEMPTION_LOSS_S,  # it has checkpointed an epoch
+                a.done >= PREEMPTION_LOSS_S,  # it has a checkpoint: an epoch done, here or before it resumed
             )
             for a in self.running
         ]
@@ -239,6 +240,7 @@ class Simulation:
             node,
             gpus,
             self.now,
+            waiting.done,
             waiting.done,
             waiting.preempted,
         )

@@ -218,15 +218,15 @@ def running_at(
 
 
 def work_done(attempt: Attempt, moment: float, on: dict[tuple[int, int], list[Attempt]]) -> float:
-    """Solo seconds of work the attempt had done by `moment` (`on`: the attempts of each GPU): it ran at
-    1/load of its busiest GPU (processor sharing)."""
+    """Solo seconds of work the attempt had done by `moment` (`on`: the attempts of each GPU), counting what
+    it resumed from: it ran at 1/load of its busiest GPU (processor sharing)."""
     neighbours = [b for g in attempt.gpus for b in on[attempt.node, g]]
     end = min(moment, attempt.end or math.inf)
     times = {attempt.start, end} | {
         t for b in neighbours for t in (b.start, b.end) if t is not None and attempt.start < t < end
     }
     ordered = sorted(times)
-    done = 0.0
+    done = attempt.resumed
     for t0, t1 in zip(ordered, ordered[1:], strict=False):
         mid = (t0 + t1) / 2
         load = max(
