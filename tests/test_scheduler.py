@@ -373,22 +373,23 @@ def test_progress_dates_the_end_at_the_fits_pace(report: Progress, expected: flo
     assert report.expected_end(started=1000) == expected
 
 
+@pytest.mark.parametrize(("done", "start"), [(1, 0), (2, 2)])
 def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
-    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, done: int, start: int
 ) -> None:
-    """A 13000 MB job holds GPU 0 and a 12000 MB one GPU 1; the second has finished an epoch (1000 s of
-    ten): it is checkpointed and ends in about 8800 s. A 22000 MB job with a 100000 s limit would wait for
-    it, then end long after it: its worker is asked to stop it. The other, without a checkpoint, is not."""
+    """A 13000 MB job holds GPU 0 and a 12000 MB one GPU 1; the second has a checkpoint (an epoch done,
+    or resumed at epoch 2 from an earlier attempt's) and ends by its time limit in about 8800 s. A 22000 MB
+    job with a 100000 s limit would wait for it, then end long after it: its worker is asked to stop it.
+    The other, without a checkpoint, is not."""
     publish_node(redis, sizes=(24576, 24576))
     other = make_job(sessions, vram_mb=13000)
     scheduler.tick()
-    small = make_job(sessions, vram_mb=12000)
+    small = make_job(sessions, vram_mb=12000, time_limit_s=10000)
     scheduler.tick()
     started = utcnow() - timedelta(seconds=1200)
     began = started.timestamp() + 20
-    run_with_progress(
-        sessions, redis, small.id, started, Progress(done=1, total=10, start=0, began=began, at=began + 1000)
-    )
+    report = Progress(done=done, total=10, start=start, began=began, at=began + 1000 * (done - start))
+    run_with_progress(sessions, redis, small.id, started, report)
     big = make_job(sessions, vram_mb=22000, time_limit_s=100000)
 
     scheduler.tick()

@@ -96,8 +96,8 @@ def running_jobs(
 ) -> list[RunningJob]:
     """Active jobs with their compute load (measured, else from history) and expected end: by their time
     limit at the latest (counted from dispatch until they start), sooner where their training's progress
-    says so, else after their history's run time. Preemptible: running, with an epoch done in this
-    attempt, so its autolog has checkpointed one for the next attempt to resume from."""
+    says so, else after their history's run time. Preemptible: running, with a checkpoint for the next
+    attempt to resume from (an epoch its autolog saved, in this attempt or one it resumed from)."""
     loads, progress = loads or {}, progress or {}
     return [
         RunningJob(
@@ -114,8 +114,9 @@ def running_jobs(
 
 
 def _checkpointed(report: Progress | None) -> bool:
-    """Whether the attempt has finished an epoch, which its autolog checkpoints."""
-    return report is not None and report.done > report.start
+    """Whether the attempt has a checkpoint: an epoch done, in this attempt (its autolog saved it) or before
+    (it resumed from one, which stays in its output)."""
+    return report is not None and report.done > 0
 
 
 def _expected_end(job: Job, history: History, report: Progress | None, now: float) -> float | None:
