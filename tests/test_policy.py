@@ -447,11 +447,11 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     big = PendingJob(1, 22000, util=0.5, duration_s=100000)
     nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.5), GpuState(1, 16000, util=1.0)))]
 
-    def running(end: float = 20000.0, preemptible: bool = True) -> list[RunningJob]:
+    def running(end: float = 20000.0, unsaved: float | None = 300.0) -> list[RunningJob]:
         return [
             RunningJob("a", (0,), 4000, util=0.5, expected_end=30000.0, job_id=10),
-            RunningJob("a", (1,), 6000, util=0.5, expected_end=end, job_id=11, preemptible=preemptible),
-            RunningJob("a", (1,), 2000, util=0.5, expected_end=end, job_id=12, preemptible=preemptible),
+            RunningJob("a", (1,), 6000, util=0.5, expected_end=end, job_id=11, unsaved_s=unsaved),
+            RunningJob("a", (1,), 2000, util=0.5, expected_end=end, job_id=12, unsaved_s=unsaved),
         ]
 
     decision = schedule([big], nodes, now=0, running=running())
@@ -461,7 +461,10 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert decision.waiting[1].kind == "preempting"
     assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
     # Not without checkpoints, nor jobs with half its run time left, nor for a short wait, nor when disabled.
-    assert schedule([big], nodes, now=0, running=running(preemptible=False)).preemptions == []
+    assert schedule([big], nodes, now=0, running=running(unsaved=None)).preemptions == []
+    # Nor jobs whose last checkpoint is so old (long epochs) that a stop loses over half the 20000 s it saves.
+    assert schedule([big], nodes, now=0, running=running(unsaved=9000.0)).preemptions != []
+    assert schedule([big], nodes, now=0, running=running(unsaved=11000.0)).preemptions == []
     assert schedule([big], nodes, now=0, running=running(end=60000.0)).preemptions == []
     assert schedule([big], nodes, now=0, running=running(end=3000.0)).preemptions == []
     off = PolicyConfig(preempt=False)

@@ -399,3 +399,26 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     assert not redis.exists(RUN_PREEMPT_KEY.format(job_id=other.id, attempt=1))
     [(reason, _)] = waiting_of(redis, [big.id]).values()
     assert f"stopping jobs {small.id} on node-a GPU 1" in reason
+
+
+@pytest.mark.parametrize(
+    ("status", "done", "start", "at", "unsaved"),
+    [
+        (JobStatus.RUNNING, 3, 1, 900.0, 100.0),  # its last epoch ended at 900: 100 s since its checkpoint
+        (JobStatus.RUNNING, 2, 2, 400.0, 500.0),  # resumed at 500 from an earlier attempt's epoch 2
+        (JobStatus.RUNNING, 0, 0, 900.0, None),  # no epoch done: nothing to resume from
+        (JobStatus.DISPATCHED, 3, 1, 900.0, None),  # not running yet
+    ],
+)
+def test_a_running_jobs_unsaved_work_is_what_it_did_since_its_last_checkpoint(
+    status: JobStatus, done: int, start: int, at: float, unsaved: float | None
+) -> None:
+    """What a preemption would cost it: the policy stops only jobs whose stop loses little (PREEMPT_WORTH)."""
+    epoch = datetime(2026, 1, 1)
+    job = Job(id=7, status=status, vram_mb=1000, started_at=epoch + timedelta(seconds=500), time_limit_s=5000)
+    report = Progress(done=done, total=10, start=start, began=epoch.timestamp(), at=epoch.timestamp() + at)
+    history = inputs.History({}, {})
+
+    [running] = inputs.running_jobs([job], history, epoch + timedelta(seconds=1000), progress={7: report})
+
+    assert running.unsaved_s == unsaved

@@ -96,8 +96,8 @@ def running_jobs(
 ) -> list[RunningJob]:
     """Active jobs with their compute load (measured, else from history) and expected end: by their time
     limit at the latest (counted from dispatch until they start), sooner where their training's progress
-    says so, else after their history's run time. Preemptible: running, with a checkpoint for the next
-    attempt to resume from (an epoch its autolog saved, in this attempt or one it resumed from)."""
+    says so, else after their history's run time. Their unsaved work: what a stop would lose (see
+    `_unsaved`)."""
     loads, progress = loads or {}, progress or {}
     return [
         RunningJob(
@@ -107,16 +107,19 @@ def running_jobs(
             loads.get(job.id, history.util(job)),
             _expected_end(job, history, progress.get(job.id), now.timestamp()),
             job.id,
-            job.status is JobStatus.RUNNING and _checkpointed(progress.get(job.id)),
+            _unsaved(job, progress.get(job.id), now.timestamp()),
         )
         for job in active
     ]
 
 
-def _checkpointed(report: Progress | None) -> bool:
-    """Whether the attempt has a checkpoint: an epoch done, in this attempt (its autolog saved it) or before
-    (it resumed from one, which stays in its output)."""
-    return report is not None and report.done > 0
+def _unsaved(job: Job, report: Progress | None, now: float) -> float | None:
+    """Seconds of a running attempt's work since its last checkpoint: since its last epoch ended (its autolog
+    saved it), or since it started when that epoch was an earlier attempt's (it resumed from it: the
+    checkpoint stays in its output). None without a checkpoint: nothing to resume from."""
+    if job.status is not JobStatus.RUNNING or job.started_at is None or report is None or report.done <= 0:
+        return None
+    return max(0.0, now - max(report.at, job.started_at.timestamp()))
 
 
 def _expected_end(job: Job, history: History, report: Progress | None, now: float) -> float | None:

@@ -46,6 +46,7 @@ from app.scheduler.state import (
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
 PREEMPT_WAIT = 0.05  # a big critical job preempts only if it would wait this share of its run time or more
 PREEMPT_LEFT = 0.5  # nor stops a job with this share of the big job's run time or more still to run
+PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the work it loses, or more
 
 
 def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_share: bool) -> list[list[PendingJob]]:
@@ -202,9 +203,10 @@ def preemptions(
 ) -> list[Preemption]:
     """Room for critical jobs too big to share a GPU, made by stopping small jobs that resume from their
     last epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so
-    late that it would end after every running job. Only on a GPU whose jobs are all preemptible, none
+    late that it would end after every running job. Only on a GPU whose jobs all have a checkpoint, none
     of them big, and none with as much as half the big job's run time left (it would soon give the room
-    back anyway); the fewest megabytes stopped."""
+    back anyway), where the work they lose (since their checkpoints) is small beside the wait saved; the
+    fewest megabytes stopped, then the least work lost."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
@@ -215,7 +217,7 @@ def preemptions(
         start = wait.estimated_start
         if start is None or start - now < PREEMPT_WAIT * job.duration_s or start + job.duration_s <= last:
             continue
-        best: tuple[int, Preemption] | None = None
+        best: tuple[tuple[int, float], Preemption] | None = None
         for key, free in cluster.free.items():
             on = [r for r in cluster.running if r.node == key[0] and key[1] in r.gpu_indices]
             if key in taken or not on or not all(_preemptible(r, job, capacity, now) for r in on):
@@ -226,8 +228,10 @@ def preemptions(
                     break
                 victims.append(r)
                 free += r.vram_mb
-            cost = sum(r.vram_mb for r in victims)
-            if free >= job.vram_mb and victims and (best is None or cost < best[0]):
+            lost = sum(r.unsaved_s or 0.0 for r in victims)
+            cost = (sum(r.vram_mb for r in victims), lost)
+            worth = lost * PREEMPT_WORTH <= start - now
+            if free >= job.vram_mb and victims and worth and (best is None or cost < best[0]):
                 ids = tuple(r.job_id for r in victims if r.job_id is not None)
                 best = (cost, Preemption(job.id, key[0], key[1], ids))
         if best is not None:
@@ -246,7 +250,7 @@ def preemptions(
 def _preemptible(victim: RunningJob, job: PendingJob, capacity: int, now: float) -> bool:
     assert job.duration_s is not None
     return (
-        victim.preemptible
+        victim.unsaved_s is not None
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1
         and 2 * victim.vram_mb <= capacity

@@ -42,9 +42,9 @@ class RunningJob:
     util: float = DEFAULT_UTIL
     expected_end: float | None = None  # None: unknown (no time limit, progress or history, or past them)
     job_id: int | None = None
-    # True: it can be stopped and queued again without losing more than its last epoch (it has
-    # checkpointed an epoch, which its next attempt resumes from)
-    preemptible: bool = False
+    # Seconds of its work a stop would lose: since its last checkpoint (an epoch its autolog saved, which
+    # its next attempt resumes from). None: it has none, and is never preempted.
+    unsaved_s: float | None = None
 
 
 @dataclass(frozen=True)

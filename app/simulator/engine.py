@@ -177,7 +177,8 @@ class Simulation:
                 a.job.util,
                 self.now + (a.job.duration_s - a.done) / rates[id(a)],
                 a.index,
-                a.done >= PREEMPTION_LOSS_S,  # it has a checkpoint: an epoch done, here or before it resumed
+                # Once it has a checkpoint (an epoch done, here or before it resumed), a stop loses an epoch.
+                PREEMPTION_LOSS_S if a.done >= PREEMPTION_LOSS_S else None,
             )
             for a in self.running
         ]
