@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     safety_margin_mb: int = Field(default=256, ge=0, description="VRAM per GPU never handed out")
     cap_tolerance_mb: int = Field(default=256, ge=0, description="watchdog slack above a reservation")
     cancel_grace_s: float = Field(default=5.0, gt=0, description="SIGTERM to SIGKILL")
+    preempt_grace_s: float = Field(
+        default=600.0, ge=0, description="a preempted Keras job's wait for its epoch to end and checkpoint"
+    )
     dispatch_interval_s: float = Field(default=0.5, gt=0)
     fair_share_half_life_h: float = Field(default=24.0, gt=0, description="decay of past usage in fair share")
     quota_running: int | None = Field(default=None, ge=1, description="per user: jobs running at once")

@@ -101,6 +101,7 @@ def make_settings(home: Path, database_url: str, redis_url: str, **overrides: ob
         "overhead_mb": 500,
         "cap_tolerance_mb": 100,
         "cancel_grace_s": 2.0,
+        "preempt_grace_s": 3.0,
         "dispatch_interval_s": 0.05,
         "sample_interval_s": 0.1,
     }

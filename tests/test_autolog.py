@@ -1,6 +1,7 @@
 """Keras autolog in the start-up hook, with the real Keras (TensorFlow on the CPU) in a job environment."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from worker.launcher import LaunchSpec, job_environment
+from worker.launcher import STOPPED_AT_CHECKPOINT, LaunchSpec, job_environment
 
 DATA = """
 import numpy as np, keras
@@ -20,7 +21,7 @@ x = rng.random((256, 8)).astype("float32"); y = (x.sum(1) > 4).astype("int32")
 
 
 def run_script(
-    tmp_path: Path, code: str, *, keras: dict | None = None, attempt: int = 1
+    tmp_path: Path, code: str, *, keras: dict | None = None, attempt: int = 1, stop_file: Path | None = None
 ) -> tuple[subprocess.CompletedProcess, Path]:
     output = tmp_path / f"attempt-{attempt}"
     output.mkdir(parents=True, exist_ok=True)
@@ -39,6 +40,7 @@ def run_script(
         gpu_total_mb=8192,
         overhead_mb=500,
         keras=keras,
+        stop_file=stop_file,
     )
     env = job_environment(spec, {"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
     result = subprocess.run(
@@ -165,8 +167,6 @@ def test_resume_from_an_earlier_attempt(tmp_path: Path, same_model: bool) -> Non
     """
     first, _ = run_script(tmp_path, crash, attempt=1)
     assert first.returncode != 0
-    import shutil
-
     shutil.copytree(tmp_path / "attempt-1" / "checkpoints", tmp_path / "attempt-2" / "checkpoints")
     second, output = run_script(tmp_path, crash, attempt=2)
 
@@ -182,3 +182,25 @@ def test_resume_from_an_earlier_attempt(tmp_path: Path, same_model: bool) -> Non
     else:
         assert "does not match this model" in second.stderr and "starting over" in second.stderr
         assert epochs == [0, 1, 2, 3, 4]
+
+
+def test_a_preempted_fit_stops_once_its_epoch_is_checkpointed_and_the_next_attempt_goes_on(tmp_path: Path) -> None:
+    """Asked to stop (the stop file exists), the fit ends after its first epoch, checkpoint saved, with the
+    code the worker takes for a preemption; the next attempt resumes at epoch 1: no epoch is lost."""
+    code = """
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(x, y, epochs=4, verbose=0)
+        print("fit returned")
+    """
+    stop = tmp_path / "stop"
+    stop.touch()
+    first, output = run_script(tmp_path, code, attempt=1, stop_file=stop)
+
+    assert first.returncode == STOPPED_AT_CHECKPOINT, first.stderr
+    assert "stopping after epoch 0 (preempted)" in first.stderr and "fit returned" not in first.stdout
+    assert [row["epoch"] for row in metric_rows(output)] == [0]
+    shutil.copytree(output / "checkpoints", tmp_path / "attempt-2" / "checkpoints")
+    second, output = run_script(tmp_path, code, attempt=2)
+    assert second.returncode == 0, second.stderr
+    assert [row["epoch"] for row in metric_rows(output)] == [1, 2, 3]

@@ -120,6 +120,44 @@ def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
     assert not cluster.redis.exists(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1))
 
 
+# A training job as the autolog hook makes it: it reports progress, and once asked to stop
+# ($VRAMQ_STOP_FILE), finishes its epoch and exits with $VRAMQ_STOP_EXIT (or, NEVER_STOPS, goes on).
+EPOCHS = """
+import os, pathlib, sys, time
+out = pathlib.Path(os.environ["VRAMQ_OUTPUT_DIR"]); out.mkdir(parents=True, exist_ok=True)
+(out / "progress.json").write_text('{"done": 1, "total": 9, "start": 0, "began": 0, "at": 1}')
+if os.environ["VRAMQ_ATTEMPT"] == "2": sys.exit(0)
+while not pathlib.Path(os.environ["VRAMQ_STOP_FILE"]).exists() or NEVER_STOPS:
+    time.sleep(0.05)
+time.sleep(0.5)
+print("epoch 1 checkpointed", flush=True)
+os._exit(int(os.environ["VRAMQ_STOP_EXIT"]))
+"""
+
+
+@pytest.mark.parametrize("stops", [True, False])
+def test_a_preempted_training_job_finishes_its_epoch_first_or_is_stopped_after_the_grace(
+    cluster: Cluster, client: TestClient, auth: dict[str, str], stops: bool
+) -> None:
+    """A job that checkpoints each epoch is asked to stop at its epoch's end (the stop file), losing no work,
+    and is preempted when it exits so; one that does not exit within VRAMQ_PREEMPT_GRACE_S (3 s here) is
+    stopped anyway."""
+    job = submit(client, auth, command=py(EPOCHS.replace("NEVER_STOPS", str(not stops))), max_retries=0)
+    cluster.wait(job["id"], {JobStatus.RUNNING})
+    time.sleep(0.5)  # its progress report is written
+
+    cluster.redis.set(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1), "1")
+    done = cluster.wait(job["id"], timeout=30)
+
+    assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2)
+    runs = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
+    assert [run["failure_reason"] for run in runs] == ["preempted", None]
+    first = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
+    assert "asked to stop at the end of its epoch" in first
+    assert ("epoch 1 checkpointed" in first) is stops
+    assert ("stopping the job: preempted" in first) is not stops
+
+
 def test_queued_job_is_cancelled_at_once(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:
     blocker = submit(client, auth, command=["sleep", "30"], vram_mb=8000)
     waiting = submit(client, auth, command=["true"], vram_mb=8000)

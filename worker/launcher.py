@@ -12,6 +12,9 @@ from pathlib import Path
 
 from worker.hook import HOOK_DIR
 
+# A job asked to stop at its next checkpoint (VRAMQ_STOP_FILE appears: a preemption) exits with this code
+# once it has saved one: the Keras autolog hook does so right after an epoch's BackupAndRestore.
+STOPPED_AT_CHECKPOINT = 75  # EX_TEMPFAIL
 PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 
 
@@ -37,6 +40,7 @@ class LaunchSpec:
     keras: dict[str, object] | None = None  # autolog settings (seed, early_stopping, ...)
     resume_from: Path | None = None  # an earlier attempt's checkpoints, copied in before the start
     notes: tuple[str, ...] = ()  # written at the top of the log
+    stop_file: Path | None = None  # appears when the job should stop at its next checkpoint
 
 
 def framework_caps(vram_mb: int, overhead_mb: int, gpu_total_mb: int) -> dict[str, str]:
@@ -67,6 +71,9 @@ def job_environment(spec: LaunchSpec, inherited: dict[str, str]) -> dict[str, st
     )
     if spec.simulator_dir is not None:
         env["VRAMQ_SIM_DIR"] = str(spec.simulator_dir)
+    if spec.stop_file is not None:
+        env["VRAMQ_STOP_FILE"] = str(spec.stop_file)
+        env["VRAMQ_STOP_EXIT"] = str(STOPPED_AT_CHECKPOINT)
     if spec.keras:
         env["VRAMQ_KERAS"] = json.dumps(spec.keras)
         if spec.keras.get("seed") is not None:

@@ -34,7 +34,7 @@ from app.services import jobs, models, progress, sizing, transitions
 from app.services.nodes import live_nodes
 from worker import metrics
 from worker.context import WorkerContext
-from worker.launcher import LaunchError, LaunchSpec, launch, signal_group, stop_group
+from worker.launcher import STOPPED_AT_CHECKPOINT, LaunchError, LaunchSpec, launch, signal_group, stop_group
 from worker.outcome import Stopped, classify, read_tail
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class Attempt:
     peak_mb: int = 0
     utils: list[float] = field(default_factory=list)  # compute utilisation samples, where the GPU tells
     stopped: Stopped | None = None
+    stop_asked: float | None = None  # when it was asked to stop at its next checkpoint (monotonic clock)
     tail: metrics.MetricsTail = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +142,10 @@ class Attempt:
     @property
     def log_path(self) -> Path:
         return self.dir / "log.txt"
+
+    @property
+    def stop_file(self) -> Path:
+        return self.dir / "stop"
 
 
 def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
@@ -213,6 +218,7 @@ def _launch_spec(ctx: WorkerContext, job: Job) -> LaunchSpec:
         workdir=Path(job.workdir) if job.workdir else None,
         output_dir=attempt_dir / "output",
         log_path=attempt_dir / "log.txt",
+        stop_file=attempt_dir / "stop",
         vram_mb=job.vram_mb,
         gpu_indices=indices,
         gpu_total_mb=min((totals.get(i, 0) for i in indices), default=0),
@@ -284,6 +290,8 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
     while True:
         try:
             process.wait(timeout=settings.sample_interval_s)
+            if attempt.stop_asked is not None and process.returncode == STOPPED_AT_CHECKPOINT:
+                attempt.stopped = Stopped.PREEMPTED
             return
         except subprocess.TimeoutExpired:
             pass
@@ -301,12 +309,23 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
         elif _cancel_requested(ctx, attempt.job_id):
             attempt.stopped = Stopped.CANCELLED
         elif ctx.redis.exists(RUN_PREEMPT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)):
-            attempt.stopped = Stopped.PREEMPTED
+            _preempt(attempt, settings.preempt_grace_s)
         if attempt.stopped is not None:
             with attempt.log_path.open("a") as handle:
                 handle.write(f"[vramq] stopping the job: {attempt.stopped}\n")
             stop_group(process, settings.cancel_grace_s)
             return
+
+
+def _preempt(attempt: Attempt, grace_s: float) -> None:
+    """A job whose autolog reports progress (it checkpoints each epoch) is asked to stop at its epoch's end,
+    once saved, and stopped after `grace_s` if it has not; any other job is stopped at once."""
+    if attempt.stop_asked is None and grace_s > 0 and (attempt.output_dir / progress.FILE_NAME).exists():
+        attempt.stop_asked = time.monotonic()
+        attempt.stop_file.touch()
+        _note(attempt, f"preempted: asked to stop at the end of its epoch, once checkpointed (at most {grace_s:g} s)")
+    elif attempt.stop_asked is None or time.monotonic() - attempt.stop_asked >= grace_s:
+        attempt.stopped = Stopped.PREEMPTED
 
 
 def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:

@@ -17,8 +17,8 @@ the same `schedule`, so what the benchmark measures is what runs.
   would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
   them instead (a reservation).
 - Preemption: a critical job too big to share a GPU, whose reservation would have it end after every
-  running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions);
-  they are queued again and resume from that checkpoint.
+  running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions),
+  where they lose little since; they finish their epoch, are queued again and resume from its checkpoint.
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -240,7 +240,7 @@ def preemptions(
             stopped = ", ".join(str(i) for i in best[1].job_ids)
             waiting[job.id] = Wait(
                 f"{wait.reason}; stopping jobs {stopped} on {best[1].node} GPU {best[1].gpu} to make room "
-                "(they resume from their last epoch checkpoint)",
+                "(they stop at the end of their epoch and resume from its checkpoint)",
                 None,
                 "preempting",
             )

@@ -33,7 +33,8 @@ CONFIGS = {
 }
 GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
 # A preempted job resumes from its last epoch checkpoint: it redoes at most this much work (an epoch of a
-# few minutes), and it is preemptible only once it has done that much (it has a checkpoint).
+# few minutes), and it is preemptible only once it has done that much (it has a checkpoint). Live, it
+# finishes its epoch first instead, and the job it makes room for waits as long: the same cost, moved.
 PREEMPTION_LOSS_S = 300.0
 EPS = 1e-7
 

@@ -10,7 +10,9 @@ Every `Model.fit` gets, after the script's own callbacks:
   $VRAMQ_OUTPUT_DIR/models/<model name>.keras, unless the script saves its own models there;
 - a resumable checkpoint of the latest epoch (weights, optimizer state, epoch) under
   $VRAMQ_OUTPUT_DIR/checkpoints/fit-<n>/, restored by the next attempt when the model matches;
-- the job's optional `keras` settings: seed, early_stopping, reduce_lr_on_plateau, monitor.
+- the job's optional `keras` settings: seed, early_stopping, reduce_lr_on_plateau, monitor;
+- a stop at the end of the epoch once $VRAMQ_STOP_FILE exists (the job is preempted), right after its
+  checkpoint is saved, with exit code $VRAMQ_STOP_EXIT: the next attempt loses no work.
 A failure inside autolog is reported on stderr and training goes on.
 """
 
@@ -131,6 +133,12 @@ def _autolog(keras):
                     step(epoch, figures)
                 except Exception as exc:
                     _say(f"autolog: {step.__name__.strip('_')} failed: {exc!r}")
+            stop = os.environ.get("VRAMQ_STOP_FILE")
+            if stop and os.path.exists(stop):  # the checkpoint callback, before this one, has saved the epoch
+                _say(f"stopping after epoch {_state['epoch_offset'] + epoch} (preempted): its checkpoint is saved")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(int(os.environ.get("VRAMQ_STOP_EXIT") or 1))
 
         def on_train_begin(self, logs=None):
             self.began = time.time()
