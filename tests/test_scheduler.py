@@ -1,5 +1,6 @@
 """Transitions, the ledger and the dispatch loop against real SQL and Redis (no node processes)."""
 
+import logging
 from datetime import datetime, timedelta
 
 import pytest
@@ -375,7 +376,12 @@ def test_progress_dates_the_end_at_the_fits_pace(report: Progress, expected: flo
 
 @pytest.mark.parametrize(("done", "start"), [(1, 0), (2, 2)])
 def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
-    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, done: int, start: int
+    scheduler: Scheduler,
+    sessions: sessionmaker[Session],
+    redis: Redis,
+    done: int,
+    start: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A 13000 MB job holds GPU 0 and a 12000 MB one GPU 1; the second has a checkpoint (an epoch done,
     or resumed at epoch 2 from an earlier attempt's) and ends by its time limit in about 8800 s. A 22000 MB
@@ -392,13 +398,21 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     run_with_progress(sessions, redis, small.id, started, report)
     big = make_job(sessions, vram_mb=22000, time_limit_s=100000)
 
-    scheduler.tick()
+    with caplog.at_level(logging.INFO, logger="app.scheduler.loop"):
+        scheduler.tick()
 
     assert reload(sessions, other.id).gpu_indices == [0] and reload(sessions, small.id).gpu_indices == [1]
     assert redis.exists(RUN_PREEMPT_KEY.format(job_id=small.id, attempt=1))
     assert not redis.exists(RUN_PREEMPT_KEY.format(job_id=other.id, attempt=1))
     [(reason, _)] = waiting_of(redis, [big.id]).values()
     assert f"stopping jobs {small.id} on node-a GPU 1" in reason
+    assert f"preempting jobs {small.id}" in caplog.text
+    # While it finishes its epoch the policy names it again each tick: the flag stays, the log says it once.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="app.scheduler.loop"):
+        scheduler.tick()
+    assert redis.exists(RUN_PREEMPT_KEY.format(job_id=small.id, attempt=1))
+    assert "preempting" not in caplog.text
 
 
 @pytest.mark.parametrize(

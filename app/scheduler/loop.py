@@ -155,21 +155,18 @@ class Scheduler:
         return placements
 
     def _preempt(self, preemptions: list[Preemption], active: Sequence[Job]) -> None:
-        """Ask the workers of the running jobs the policy preempts to stop them (again each tick until they
-        have: a flag already set is set again); each is then queued again by its worker."""
+        """Ask the workers of the running jobs the policy preempts to stop them (the policy names them each tick
+        until they have: a flag already set stays as it is); each is then queued again by its worker."""
         attempts = {job.id: job.attempt for job in active}
-        keys = [
-            RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempts[job_id])
-            for preemption in preemptions
-            for job_id in preemption.job_ids
-            if job_id in attempts
-        ]
-        if keys:
+        flagged = [job_id for preemption in preemptions for job_id in preemption.job_ids if job_id in attempts]
+        if flagged:
             with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.set(key, "1", ex=RUN_PREEMPT_TTL_S)
-                pipe.execute()
-            log.info("preempting jobs %s", ", ".join(str(p.job_ids) for p in preemptions))
+                for job_id in flagged:
+                    key = RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempts[job_id])
+                    pipe.set(key, "1", ex=RUN_PREEMPT_TTL_S, nx=True)
+                new = [job_id for job_id, set_now in zip(flagged, pipe.execute(), strict=True) if set_now]
+            if new:
+                log.info("preempting jobs %s", ", ".join(map(str, new)))
 
     def _with_estimates(self, waiting: dict[int, Wait], now: float) -> dict[int, Wait]:
         """The policy's estimate where it gives one (the reserved job), else the forecast's while it is
