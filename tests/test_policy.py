@@ -469,3 +469,19 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert schedule([big], nodes, now=0, running=running(end=3000.0)).preemptions == []
     off = PolicyConfig(preempt=False)
     assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_preemption_stays_on_the_gpu_whose_jobs_are_already_stopping(stopping: bool) -> None:
+    """Stopping GPU 1's 4000 MB job makes room with fewer MB than GPU 0's 8000 MB one; but once GPU 0's job
+    was preempted (it is finishing its epoch), room there costs nothing more: no second GPU's jobs stop."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=100000)
+    nodes = [NodeState("a", 8, (GpuState(0, 14000, util=0.5), GpuState(1, 18000, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 8000, util=0.5, expected_end=20000.0, job_id=10, unsaved_s=60.0, stopping=stopping),
+        RunningJob("a", (1,), 4000, util=0.5, expected_end=20000.0, job_id=11, unsaved_s=60.0),
+    ]
+
+    [preemption] = schedule([big], nodes, now=0, running=running).preemptions
+
+    assert (preemption.gpu, preemption.job_ids) == ((0, (10,)) if stopping else (1, (11,)))

@@ -119,7 +119,7 @@ def test_a_running_jobs_training_progress_reaches_the_scheduler(
     deadline = time.monotonic() + 30
     reports: dict[int, Progress] = {}
     while job["id"] not in reports and time.monotonic() < deadline:
-        reports, _ = progress.read(cluster.redis, [(job["id"], 1)])
+        reports, _, _ = progress.read(cluster.redis, [(job["id"], 1)])
         time.sleep(0.1)
 
     report = reports[job["id"]]

@@ -93,11 +93,12 @@ def running_jobs(
     now: datetime,
     progress: dict[int, Progress] | None = None,
     loads: dict[int, float] | None = None,
+    stopping: set[int] | None = None,
 ) -> list[RunningJob]:
     """Active jobs with their compute load (measured, else from history) and expected end: by their time
     limit at the latest (counted from dispatch until they start), sooner where their training's progress
     says so, else after their history's run time. Their unsaved work: what a stop would lose (see
-    `_unsaved`)."""
+    `_unsaved`). `stopping`: the jobs already preempted, finishing their epoch."""
     loads, progress = loads or {}, progress or {}
     return [
         RunningJob(
@@ -108,6 +109,7 @@ def running_jobs(
             _expected_end(job, history, progress.get(job.id), now.timestamp()),
             job.id,
             _unsaved(job, progress.get(job.id), now.timestamp()),
+            job.id in (stopping or ()),
         )
         for job in active
     ]

@@ -126,9 +126,9 @@ class Scheduler:
                 publish_waiting(self.redis, {})
                 return []
             active = active_jobs(session)
-            reports, loads = progress.read(self.redis, running_attempts(active))
+            reports, loads, stopping = progress.read(self.redis, running_attempts(active))
             history = inputs.History.of(session, [*queued, *active], loads)
-            running = inputs.running_jobs(active, history, now, reports, loads)
+            running = inputs.running_jobs(active, history, now, reports, loads, stopping)
             pending = inputs.pending_jobs(queued, history)
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)

@@ -206,7 +206,8 @@ def preemptions(
     late that it would end after every running job. Only on a GPU whose jobs all have a checkpoint, none
     of them big, and none with as much as half the big job's run time left (it would soon give the room
     back anyway), where the work they lose (since their checkpoints) is small beside the wait saved; the
-    fewest megabytes stopped, then the least work lost."""
+    fewest megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch)
+    cost nothing more: a GPU they make room on stays the choice while they stop."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
@@ -223,13 +224,14 @@ def preemptions(
             if key in taken or not on or not all(_preemptible(r, job, capacity, now) for r in on):
                 continue
             victims = []
-            for r in sorted(on, key=lambda r: -r.vram_mb):
+            for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
                 if free >= job.vram_mb:
                     break
                 victims.append(r)
                 free += r.vram_mb
-            lost = sum(r.unsaved_s or 0.0 for r in victims)
-            cost = (sum(r.vram_mb for r in victims), lost)
+            fresh = [r for r in victims if not r.stopping]
+            lost = sum(r.unsaved_s or 0.0 for r in fresh)
+            cost = (sum(r.vram_mb for r in fresh), lost)
             worth = lost * PREEMPT_WORTH <= start - now
             if free >= job.vram_mb and victims and worth and (best is None or cost < best[0]):
                 ids = tuple(r.job_id for r in victims if r.job_id is not None)
@@ -249,7 +251,7 @@ def preemptions(
 
 def _preemptible(victim: RunningJob, job: PendingJob, capacity: int, now: float) -> bool:
     assert job.duration_s is not None
-    return (
+    return victim.stopping or (
         victim.unsaved_s is not None
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1

@@ -45,6 +45,7 @@ class RunningJob:
     # Seconds of its work a stop would lose: since its last checkpoint (an epoch its autolog saved, which
     # its next attempt resumes from). None: it has none, and is never preempted.
     unsaved_s: float | None = None
+    stopping: bool = False  # preempted already: it stops at the end of its epoch
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from app.constants import RUN_HEARTBEAT_TTL_S, RUN_LOAD_KEY, RUN_PROGRESS_KEY
+from app.constants import RUN_HEARTBEAT_TTL_S, RUN_LOAD_KEY, RUN_PREEMPT_KEY, RUN_PROGRESS_KEY
 
 FILE_NAME = "progress.json"
 
@@ -57,11 +57,16 @@ def publish_load(redis: Redis, job_id: int, attempt: int, load: float) -> None:
     redis.set(key, repr(load), px=int(RUN_HEARTBEAT_TTL_S * 1000))
 
 
-def read(redis: Redis, attempts: Sequence[tuple[int, int]]) -> tuple[dict[int, Progress], dict[int, float]]:
+def read(redis: Redis, attempts: Sequence[tuple[int, int]]) -> tuple[dict[int, Progress], dict[int, float], set[int]]:
     """Job id -> the progress and job id -> the measured compute load its attempt last reported, for the
-    (job id, attempt) pairs that have one: what the scheduler reads each tick, in one MGET."""
-    reports, loads = _latest(redis, (RUN_PROGRESS_KEY, RUN_LOAD_KEY), attempts)
-    return {i: Progress(**json.loads(raw)) for i, raw in reports.items()}, {i: float(raw) for i, raw in loads.items()}
+    (job id, attempt) pairs that have one, and the jobs whose attempt is being preempted (flagged, still
+    running): what the scheduler reads each tick, in one MGET."""
+    reports, loads, flags = _latest(redis, (RUN_PROGRESS_KEY, RUN_LOAD_KEY, RUN_PREEMPT_KEY), attempts)
+    return (
+        {i: Progress(**json.loads(raw)) for i, raw in reports.items()},
+        {i: float(raw) for i, raw in loads.items()},
+        set(flags),
+    )
 
 
 def read_loads(redis: Redis, attempts: Sequence[tuple[int, int]]) -> dict[int, float]:
