@@ -72,7 +72,7 @@ def test_random_placements_never_over_commit() -> None:
 
 from app.scheduler.fairshare import DecayedUsage, decayed_gb_hours  # noqa: E402
 from app.scheduler.policy import critical_path, schedule  # noqa: E402
-from app.scheduler.state import PolicyConfig, Preemption, Quotas, RunningJob, UserState  # noqa: E402
+from app.scheduler.state import Placement, PolicyConfig, Preemption, Quotas, RunningJob, UserState  # noqa: E402
 
 
 def test_decayed_usage_halves_each_half_life() -> None:
@@ -438,6 +438,20 @@ def test_judging_alike_queued_jobs_once_changes_no_decision(
     monkeypatch.setattr(Cluster, "__init__", forgetful)
     assert [schedule(p, n, 0.0, running=r, config=config) for p, n, r in states] == remembered
     assert sum(len(d.placements) for d in remembered) > 100 and sum(len(d.waiting) for d in remembered) > 1000
+
+
+def test_a_critical_job_too_big_to_share_a_gpu_takes_the_empty_one_before_a_longer_critical_job() -> None:
+    """Both are critical. The 150000 s job, placed first as the longer, would take the empty GPU 0 and leave
+    the 22000 MB one to wait for GPU 1's job to end at 80000 (the end: 180000). The big job goes first:
+    it ends at 100000, and the long one, slowed beside GPU 1's job until 80000, at about 172900."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=100000)
+    long = PendingJob(2, 8000, util=0.5, duration_s=150000)
+    nodes = [NodeState("a", 8, (GpuState(0, 24000, util=0.0), GpuState(1, 10000, util=0.9)))]
+    running = [RunningJob("a", (1,), 14000, util=0.9, expected_end=80000.0, job_id=10)]
+
+    decision = schedule([long, big], nodes, now=0, running=running)
+
+    assert decision.placements == [Placement(1, "a", (0,)), Placement(2, "a", (1,))]
 
 
 def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rather_than_wait() -> None:

@@ -8,10 +8,11 @@ the same `schedule`, so what the benchmark measures is what runs.
 - Placement: among GPUs whose expected compute load stays within the cap with the job, the one whose
   known work outlasts the job, then the tightest memory fit: memory is packed without stacking compute far
   past saturation, and GPUs of short jobs drain together.
-- Critical path: a job whose own run time is most of the known work left starts first, where it
-  least raises the projected end of the known work (processor sharing, `finish_time`), past the compute
-  cap if need be; planned on a time limit (an upper bound: the projection overstates the end, so a
-  stack looks free when it is not), past the cap only onto a GPU not yet saturated. A later job may
+- Critical path: a job whose own run time is most of the known work left starts first (one too big to
+  share a GPU before the others, then the longest), where it least raises the projected end of the
+  known work (processor sharing, `finish_time`), past the compute cap if need be; planned on a time
+  limit (an upper bound: the projection overstates the end, so a stack looks free when it is not), past
+  the cap only onto a GPU not yet saturated. A later job may
   take its GPU past saturation only if that GPU's known work still ends by the projected end of all of
   it (short jobs fill the slack beside critical ones; none delays the end). When every GPU with room now
   would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
@@ -168,7 +169,11 @@ def schedule(
         decision.waiting[job.id] = cluster.waits[key]
         return False
 
-    for job in sorted((p for p in pending if p.id in critical), key=lambda p: (-(p.duration_s or 0), p.id)):
+    # Those too big to share a GPU first (they need one of their own; the others fit beside other jobs),
+    # then the longest.
+    for job in sorted(
+        (p for p in pending if p.id in critical), key=lambda p: (2 * p.vram_mb <= capacity, -(p.duration_s or 0), p.id)
+    ):
         consider(job)
     rest = [p for p in pending if p.id not in critical]
     heap: list[tuple[float, tuple[int, float, int], int, deque[PendingJob]]] = []
