@@ -38,6 +38,10 @@ RUN_LOAD_SAMPLES = 60
 # is queued again to resume from its last epoch checkpoint. Expires in case the attempt ended meanwhile.
 RUN_PREEMPT_KEY = PREFIX + ":preempt:{job_id}:{attempt}"
 RUN_PREEMPT_TTL_S = 3600
+# A preempted job's run time left when it resumes (its epochs left at its pace), for the scheduler to plan
+# its next attempt by; read while it is queued again after the preemption.
+RESUME_LEFT_KEY = PREFIX + ":resume-left:{job_id}"
+RESUME_LEFT_TTL_S = 7 * 24 * 3600
 
 # One scheduler dispatches at a time; a leader that stops renewing loses the lock after this long.
 LEADER_KEY = f"{PREFIX}:scheduler:leader"

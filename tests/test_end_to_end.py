@@ -16,6 +16,7 @@ from app.config import Settings
 from app.constants import RUN_LOG_KEEP_BYTES, RUN_LOG_MAX_BYTES, RUN_LOG_TTL_S, RUN_PREEMPT_KEY
 from app.db.models import Run
 from app.enums import FailureReason, JobStatus
+from app.services import progress
 from app.services.jobs import _read_log
 from app.services.models import file_sha256
 from tests.conftest import Cluster
@@ -125,7 +126,8 @@ def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
 EPOCHS = """
 import os, pathlib, sys, time
 out = pathlib.Path(os.environ["VRAMQ_OUTPUT_DIR"]); out.mkdir(parents=True, exist_ok=True)
-(out / "progress.json").write_text('{"done": 1, "total": 9, "start": 0, "began": 0, "at": 1}')
+began = time.time() - 2  # its first epoch took 2 s: 8 left take 16 s
+(out / "progress.json").write_text('{"done": 1, "total": 9, "start": 0, "began": %r}' % began)
 if os.environ["VRAMQ_ATTEMPT"] == "2": sys.exit(0)
 while not pathlib.Path(os.environ["VRAMQ_STOP_FILE"]).exists() or NEVER_STOPS:
     time.sleep(0.05)
@@ -156,6 +158,9 @@ def test_a_preempted_training_job_finishes_its_epoch_first_or_is_stopped_after_t
     assert "asked to stop at the end of its epoch" in first
     assert ("epoch 1 checkpointed" in first) is stops
     assert ("stopping the job: preempted" in first) is not stops
+    # The scheduler plans its next attempt on the epochs left at its pace (inputs.pending_jobs).
+    [left] = progress.resume_left(cluster.redis, [job["id"]]).values()
+    assert 15 < left < 20
 
 
 def test_queued_job_is_cancelled_at_once(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:

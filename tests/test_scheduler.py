@@ -374,6 +374,23 @@ def test_progress_dates_the_end_at_the_fits_pace(report: Progress, expected: flo
     assert report.expected_end(started=1000) == expected
 
 
+def test_a_job_queued_again_after_a_preemption_is_planned_on_what_its_pace_left(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Its stopped attempt reported 500 s of epochs left (progress.keep_left): the policy plans its next attempt
+    on that, not on the 1,000 s time limit; a job queued again for another reason keeps its limit."""
+    preempted = make_job(sessions, vram_mb=1000, time_limit_s=1000)
+    other = make_job(sessions, vram_mb=1000, time_limit_s=1000)
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == preempted.id).values(failure_reason=FailureReason.PREEMPTED))
+        session.execute(update(Job).where(Job.id == other.id).values(failure_reason=FailureReason.OOM))
+        queued = session.scalars(select(Job).order_by(Job.id)).all()
+        left = {preempted.id: 500.0, other.id: 500.0}
+        pending = inputs.pending_jobs(queued, inputs.History({}, {}), left)
+
+    assert [(p.duration_s, p.duration_is_limit) for p in pending] == [(500.0, False), (1000.0, True)]
+
+
 @pytest.mark.parametrize(("done", "start"), [(1, 0), (2, 2)])
 def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     scheduler: Scheduler,

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Run, User
-from app.enums import JobStatus
+from app.enums import FailureReason, JobStatus
 from app.scheduler.fairshare import decayed_gb_hours
 from app.scheduler.state import DEFAULT_UTIL, PendingJob, RunningJob, UserState
 from app.services.progress import Progress
@@ -70,21 +70,32 @@ class History:
         return self.durations.get(job.fingerprint or "")
 
 
-def pending_jobs(queued: Sequence[Job], history: History) -> list[PendingJob]:
-    return [
-        PendingJob(
-            id=job.id,
-            vram_mb=job.vram_mb,
-            gpus=job.gpus,
-            priority=job.priority,
-            submitted=job.created_at.timestamp(),
-            user=job.user.name,
-            util=history.util(job),
-            duration_s=history.duration(job),
-            duration_is_limit=bool(job.time_limit_s),
+def pending_jobs(
+    queued: Sequence[Job], history: History, resume_left: dict[int, float] | None = None
+) -> list[PendingJob]:
+    """Queued jobs as the policy sees them: run time from their time limit or history, or for one queued
+    again after a preemption, what its stopped attempt's pace said was left (`resume_left`: job id ->
+    seconds), when sooner."""
+    pending = []
+    for job in queued:
+        duration, is_limit = history.duration(job), bool(job.time_limit_s)
+        left = (resume_left or {}).get(job.id) if job.failure_reason is FailureReason.PREEMPTED else None
+        if left is not None and (duration is None or left < duration):
+            duration, is_limit = left, False
+        pending.append(
+            PendingJob(
+                id=job.id,
+                vram_mb=job.vram_mb,
+                gpus=job.gpus,
+                priority=job.priority,
+                submitted=job.created_at.timestamp(),
+                user=job.user.name,
+                util=history.util(job),
+                duration_s=duration,
+                duration_is_limit=is_limit,
+            )
         )
-        for job in queued
-    ]
+    return pending
 
 
 def running_jobs(

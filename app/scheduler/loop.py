@@ -129,7 +129,8 @@ class Scheduler:
             reports, loads, stopping = progress.read(self.redis, running_attempts(active))
             history = inputs.History.of(session, [*queued, *active], loads)
             running = inputs.running_jobs(active, history, now, reports, loads, stopping)
-            pending = inputs.pending_jobs(queued, history)
+            preempted = [job.id for job in queued if job.failure_reason is FailureReason.PREEMPTED]
+            pending = inputs.pending_jobs(queued, history, progress.resume_left(self.redis, preempted))
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
             decision = schedule(pending, states, now.timestamp(), running=running, users=users, config=self.config)

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from redis import Redis
 
-from app.constants import RUN_HEARTBEAT_TTL_S, RUN_LOAD_KEY, RUN_PREEMPT_KEY, RUN_PROGRESS_KEY
+from app.constants import (
+    RESUME_LEFT_KEY,
+    RESUME_LEFT_TTL_S,
+    RUN_HEARTBEAT_TTL_S,
+    RUN_LOAD_KEY,
+    RUN_PREEMPT_KEY,
+    RUN_PROGRESS_KEY,
+)
 
 FILE_NAME = "progress.json"
 
@@ -31,9 +38,16 @@ class Progress:
     def expected_end(self, started: float) -> float | None:
         """The epochs left at the fit's pace so far; None before its first epoch, or for a report older
         than the attempt that started at `started`."""
-        if not self.start < self.done <= self.total or not started <= self.began < self.at:
+        if not started <= self.began:
             return None
-        return self.at + (self.at - self.began) * (self.total - self.done) / (self.done - self.start)
+        left = self.left_s()
+        return None if left is None else self.at + left
+
+    def left_s(self) -> float | None:
+        """Seconds the epochs left take at the fit's pace so far; None before its first epoch."""
+        if not self.start < self.done <= self.total or not self.began < self.at:
+            return None
+        return (self.at - self.began) * (self.total - self.done) / (self.done - self.start)
 
 
 def read_file(output_dir: Path) -> Progress | None:
@@ -45,6 +59,22 @@ def read_file(output_dir: Path) -> Progress | None:
         return Progress(*counts, float(report["began"]), path.stat().st_mtime)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def keep_left(redis: Redis, job_id: int, output_dir: Path) -> None:
+    """After a preemption: the run time its next attempt needs, from the stopped attempt's last report."""
+    report = read_file(output_dir)
+    left = report.left_s() if report is not None else None
+    if left is not None:
+        redis.set(RESUME_LEFT_KEY.format(job_id=job_id), repr(left), ex=RESUME_LEFT_TTL_S)
+
+
+def resume_left(redis: Redis, job_ids: Sequence[int]) -> dict[int, float]:
+    """Job id -> the run time left that its preempted attempt reported (keep_left), where there is one."""
+    if not job_ids:
+        return {}
+    values = redis.mget([RESUME_LEFT_KEY.format(job_id=job_id) for job_id in job_ids])
+    return {job_id: float(raw) for job_id, raw in zip(job_ids, values, strict=True) if raw}  # type: ignore[arg-type]
 
 
 def publish(redis: Redis, job_id: int, attempt: int, progress: Progress) -> None:

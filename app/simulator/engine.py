@@ -193,8 +193,7 @@ class Simulation:
                 w.job.submit_s,
                 w.job.user,
                 w.job.util if known.util_known or _fingerprint(w.job) in self.measured else DEFAULT_UTIL,
-                w.job.duration_s * (1.0 if known.limit_factor is None else known.limit_factor),
-                known.limit_factor is not None,
+                *_planned(w, known),
             )
             for w in self.waiting
         ]
@@ -390,6 +389,17 @@ class Simulation:
             self.now = soonest
             self._settle(full)
         return self.result
+
+
+def _planned(w: Waiting, known: Estimates) -> tuple[float, bool]:
+    """A queued job's run time as the policy knows it, and whether that is a time limit: its history's or
+    its limit, or once preempted, what is left past its checkpoint when sooner (live: progress.keep_left
+    and inputs.pending_jobs)."""
+    planned = w.job.duration_s * (known.limit_factor or 1.0)
+    left = w.job.duration_s - w.done
+    if w.done and left < planned:
+        return left, False
+    return planned, known.limit_factor is not None
 
 
 def _fingerprint(job: TraceJob) -> tuple[str, int, int]:
