@@ -454,6 +454,17 @@ def test_a_critical_job_too_big_to_share_a_gpu_takes_the_empty_one_before_a_long
     assert decision.placements == [Placement(1, "a", (0,)), Placement(2, "a", (1,))]
 
 
+def test_the_room_a_preemption_made_goes_to_the_job_it_was_made_for() -> None:
+    """The stopped job, queued again with its long run left, is critical and would take the emptied GPU
+    first; the short big job it was stopped for (`making_room`) is considered before it instead."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=1000)
+    stopped = PendingJob(2, 8000, util=0.5, duration_s=100000)
+    nodes = [NodeState("a", 8, (GpuState(0, 24000),))]
+
+    assert [p.job_id for p in schedule([big, stopped], nodes, now=0).placements] == [2]
+    assert [p.job_id for p in schedule([big, stopped], nodes, now=0, making_room={1}).placements] == [1]
+
+
 def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rather_than_wait() -> None:
     """A 22000 MB job of 100000 s fits on neither 24000 MB GPU before t=20000, when GPU 1's two small jobs
     end; waiting, it would end at 120000, long after every running job (30000). So it stops GPU 1's jobs,

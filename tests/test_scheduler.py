@@ -424,6 +424,7 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     [(reason, _)] = waiting_of(redis, [big.id]).values()
     assert f"stopping jobs {small.id} on node-a GPU 1" in reason
     assert f"preempting jobs {small.id}" in caplog.text
+    assert scheduler.making_room == {big.id}  # considered first until placed, to get the room made for it
     # While it finishes its epoch the policy names it again each tick: the flag stays, the log says it once.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="app.scheduler.loop"):

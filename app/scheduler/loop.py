@@ -86,6 +86,7 @@ class Scheduler:
         self.forecast_at = float("-inf")
         self.forecast_every_s = FORECAST_EVERY_S
         self.forecast_new_job_s = FORECAST_NEW_JOB_S
+        self.making_room: set[int] = set()  # queued jobs that preempted others (policy.schedule), not placed yet
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -133,7 +134,16 @@ class Scheduler:
             pending = inputs.pending_jobs(queued, history, progress.resume_left(self.redis, preempted))
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
-            decision = schedule(pending, states, now.timestamp(), running=running, users=users, config=self.config)
+            self.making_room &= {job.id for job in queued}
+            decision = schedule(
+                pending,
+                states,
+                now.timestamp(),
+                running=running,
+                users=users,
+                config=self.config,
+                making_room=self.making_room,
+            )
             by_id = {job.id: job for job in queued}
             placements = [
                 p
@@ -143,6 +153,8 @@ class Scheduler:
         for placement in placements:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         self._preempt(decision.preemptions, active)
+        self.making_room -= {placement.job_id for placement in placements}
+        self.making_room |= {preemption.for_job for preemption in decision.preemptions}
         moment = now.timestamp()
         since = moment - self.forecast_at
         arrived = any(job_id not in self.forecast_ids for job_id in decision.waiting)

@@ -20,6 +20,7 @@ the same `schedule`, so what the benchmark measures is what runs.
 - Preemption: a critical job too big to share a GPU, whose reservation would have it end after every
   running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions),
   where they lose little since; they finish their epoch, are queued again and resume from its checkpoint.
+  The job they make room for is considered first from then on (`making_room`), so that it gets the room.
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -28,7 +29,7 @@ the same `schedule`, so what the benchmark measures is what runs.
 
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from app.scheduler.cluster import Cluster, Reservation, potential, reserve, respecting, sooner_later
 from app.scheduler.state import (
@@ -103,7 +104,11 @@ def schedule(
     running: Sequence[RunningJob] = (),
     users: dict[str, UserState] | None = None,
     config: PolicyConfig = PolicyConfig(),
+    making_room: Collection[int] = (),
 ) -> Decision:
+    """`making_room`: queued jobs that preempted others (an earlier decision's Decision.preemptions), not
+    placed since. They are considered first: the room made for them must not go to another job, such as a
+    stopped one queued again."""
     users = users or {}
     cluster = Cluster(nodes, running, now)
     decision = Decision()
@@ -169,13 +174,15 @@ def schedule(
         decision.waiting[job.id] = cluster.waits[key]
         return False
 
-    # Those too big to share a GPU first (they need one of their own; the others fit beside other jobs),
-    # then the longest.
+    # Jobs making room first, then those too big to share a GPU (they need one of their own; the others fit
+    # beside other jobs), then the longest.
+    ahead = critical | {p.id for p in pending if p.id in making_room}
     for job in sorted(
-        (p for p in pending if p.id in critical), key=lambda p: (2 * p.vram_mb <= capacity, -(p.duration_s or 0), p.id)
+        (p for p in pending if p.id in ahead),
+        key=lambda p: (p.id not in making_room, 2 * p.vram_mb <= capacity, -(p.duration_s or 0), p.id),
     ):
         consider(job)
-    rest = [p for p in pending if p.id not in critical]
+    rest = [p for p in pending if p.id not in ahead]
     heap: list[tuple[float, tuple[int, float, int], int, deque[PendingJob]]] = []
     for n, ordered in enumerate(fair_order(rest, users, config.fair_share)):
         if ordered:

@@ -129,6 +129,7 @@ class Simulation:
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
+        self.making_room: set[int] = set()  # jobs that preempted others, not started since (policy.schedule)
         self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
@@ -200,7 +201,11 @@ class Simulation:
         self.usage.advance(self.now)
         users = {user: UserState(usage=value) for user, value in self.usage.value.items()}
         assert self.config is not None
-        decision = schedule(pending, nodes, self.now, running=running, users=users, config=self.config)
+        decision = schedule(
+            pending, nodes, self.now, running=running, users=users, config=self.config, making_room=self.making_room
+        )
+        self.making_room -= {p.job_id for p in decision.placements}
+        self.making_room |= {p.for_job for p in decision.preemptions}
         for index, (since, kind) in self.lacking.items():
             self.result.waited[index][kind] += self.now - since
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
