@@ -18,8 +18,11 @@ By default the policy knows each queued job's utilisation and run time exactly (
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
 time instead, which it knows to be limits (upper bounds), as the live scheduler knows a job's time_limit_s.
---set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share, backfill;
-a number, true, false or none), to see what each target gains and loses: e.g. --set critical_share=0.75.
+It also counts preemptions (the jobs of one GPU stopped for one job) and how many gave their room at
+once to the job they were made for.
+--set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share,
+backfill, preempt; a number, true, false or none), to see what each target gains and loses: e.g.
+--set critical_share=0.75.
 """
 
 import argparse
@@ -114,7 +117,7 @@ def setting(text: str) -> tuple[str, float | bool | None]:
 
 def check(
     args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
-) -> tuple[int, float, float, float, int, int, tuple[str, str, str, str]]:
+) -> tuple[int, float, float, float, int, int, tuple[str, str, str, str], tuple[int, int]]:
     seed, load, jobs, gpus, explain, estimates, config = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
@@ -132,7 +135,8 @@ def check(
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())
     jct = (vramq["mean_jct_s"] or 0) / (exclusive["mean_jct_s"] or 1)
-    return seed, load, ratio, jct, vramq["oom_caused_by_others"], len(bad), why
+    rooms = (result.rooms_made, result.rooms_taken)
+    return seed, load, ratio, jct, vramq["oom_caused_by_others"], len(bad), why, rooms
 
 
 def main() -> None:
@@ -161,9 +165,11 @@ def main() -> None:
     terms: Counter[str] = Counter()
     sealed: Counter[str] = Counter()
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
+    made = taken = 0
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
-        for seed, load, ratio, jct, oom, bad, why in pool.map(check, cases):
+        for seed, load, ratio, jct, oom, bad, why, rooms in pool.map(check, cases):
+            made, taken = made + rooms[0], taken + rooms[1]
             missed = {
                 "makespan": ratio > limit(load),
                 "jct": jct > 0.5,
@@ -179,6 +185,7 @@ def main() -> None:
                 terms[why[2]] += 1
                 sealed[why[3]] += 1
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
+    print(f"preemptions: {made}, of which {taken} gave their room at once to the job they were made for")
     if kinds:
         print("makespan misses by their last job: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
         print("makespan misses by the bound's term: " + ", ".join(f"{k} {n}" for k, n in terms.most_common()))

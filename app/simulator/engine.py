@@ -91,7 +91,9 @@ class Result:
     finished: dict[int, tuple[float, bool]] = field(default_factory=dict)  # index -> (end, succeeded)
     refused: list[int] = field(default_factory=list)  # indices of jobs no node could ever hold
     decisions: int = 0
-    preemptions: int = 0
+    preemptions: int = 0  # attempts preempted
+    rooms_made: int = 0  # preemptions decided (the jobs of one GPU stopped for one job)
+    rooms_taken: int = 0  # of which the job they were made for started there at once
     # Ledger policies: each job's time queued by what it lacked (Wait.kind: memory, compute, held...).
     waited: defaultdict[int, defaultdict[str, float]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(float))
@@ -130,6 +132,7 @@ class Simulation:
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
         self.making_room: set[int] = set()  # jobs that preempted others, not started since (policy.schedule)
+        self.room: dict[int, tuple[int, int, float]] = {}  # such a job -> the GPU and moment of its room
         self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
@@ -206,6 +209,9 @@ class Simulation:
         )
         self.making_room -= {p.job_id for p in decision.placements}
         self.making_room |= {p.for_job for p in decision.preemptions}
+        for preemption in decision.preemptions:
+            self.result.rooms_made += 1
+            self.room[preemption.for_job] = (int(preemption.node), preemption.gpu, self.now)
         for index, (since, kind) in self.lacking.items():
             self.result.waited[index][kind] += self.now - since
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
@@ -251,6 +257,9 @@ class Simulation:
             waiting.preempted,
         )
         self.running.append(attempt)
+        if waiting.index in self.room:
+            room_node, room_gpu, made = self.room.pop(waiting.index)
+            self.result.rooms_taken += room_node == node and room_gpu in gpus and self.now <= made + EPS
         for gpu in gpus:
             self.on[node, gpu].append(attempt)
         self.result.attempts.append(attempt)
