@@ -107,8 +107,18 @@ def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
     """The scheduler flags a running attempt for preemption (policy.preemptions); its worker stops it, and
     the job runs again as attempt 2 though it has no retries, as one that resumes from a checkpoint."""
     code = "import os, time; time.sleep(0 if os.environ['VRAMQ_ATTEMPT'] == '2' else 300)"
+    job_id, first = preempt_once(cluster, client, auth, code)
+
+    assert "preempted to make room" in first
+    assert not cluster.redis.exists(RUN_PREEMPT_KEY.format(job_id=job_id, attempt=1))
+
+
+def preempt_once(cluster: Cluster, client: TestClient, auth: dict[str, str], code: str) -> tuple[int, str]:
+    """Run `code` as a job without retries, flag its first attempt for preemption once it runs, and check that
+    the attempt ended preempted and a second one succeeded; the job's id and its first attempt's log."""
     job = submit(client, auth, command=py(code), max_retries=0)
     cluster.wait(job["id"], {JobStatus.RUNNING})
+    time.sleep(0.5)  # a training job's progress report is written
 
     cluster.redis.set(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1), "1")
     done = cluster.wait(job["id"], timeout=30)
@@ -116,9 +126,7 @@ def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
     assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2)
     runs = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
     assert [run["failure_reason"] for run in runs] == ["preempted", None]
-    first = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
-    assert "preempted to make room" in first
-    assert not cluster.redis.exists(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1))
+    return job["id"], client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
 
 
 # A training job as the autolog hook makes it: it reports progress, and once asked to stop
@@ -144,22 +152,13 @@ def test_a_preempted_training_job_finishes_its_epoch_first_or_is_stopped_after_t
     """A job that checkpoints each epoch is asked to stop at its epoch's end (the stop file), losing no work,
     and is preempted when it exits so; one that does not exit within VRAMQ_PREEMPT_GRACE_S (3 s here) is
     stopped anyway."""
-    job = submit(client, auth, command=py(EPOCHS.replace("NEVER_STOPS", str(not stops))), max_retries=0)
-    cluster.wait(job["id"], {JobStatus.RUNNING})
-    time.sleep(0.5)  # its progress report is written
+    job_id, first = preempt_once(cluster, client, auth, EPOCHS.replace("NEVER_STOPS", str(not stops)))
 
-    cluster.redis.set(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1), "1")
-    done = cluster.wait(job["id"], timeout=30)
-
-    assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2)
-    runs = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()
-    assert [run["failure_reason"] for run in runs] == ["preempted", None]
-    first = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
     assert "asked to stop at the end of its epoch" in first
     assert ("epoch 1 checkpointed" in first) is stops
     assert ("stopping the job: preempted" in first) is not stops
     # The scheduler plans its next attempt on the epochs left at its pace (inputs.pending_jobs).
-    [left] = progress.resume_left(cluster.redis, [job["id"]]).values()
+    [left] = progress.resume_left(cluster.redis, [job_id]).values()
     assert 15 < left < 20
 
 
