@@ -453,3 +453,13 @@ def test_cli_refuses_a_schedule_it_could_not_write_before_replaying(tmp_path: Pa
 
     assert result.returncode == 2
     assert "missing is not a writable folder" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("seed", "load"), [(60, 1.6), (10, 1.2)])
+def test_every_preemption_gives_its_room_to_the_job_it_was_made_for(seed: int, load: float) -> None:
+    """Generated traces where, unless the job making room is placed first (`making_room`), others take the
+    room back: on seed 60 at 1.6, 2 of 40 preemptions; on seed 10 at 1.2, none of 1."""
+    result = Simulation(generate(300, load, [24576] * 4, seed=seed), [24576] * 4).run()
+
+    assert result.rooms_made > 0
+    assert result.rooms_taken == result.rooms_made
