@@ -38,6 +38,7 @@ from worker.launcher import STOPPED_AT_CHECKPOINT, LaunchError, LaunchSpec, laun
 from worker.outcome import Stopped, classify, read_tail
 
 log = logging.getLogger(__name__)
+STOP_FILE = "stop"  # in the attempt's directory: appears when the job should stop at its next checkpoint
 
 _prepared: tuple[Settings, Engine] | None = None  # set by prepare(), in the worker before it forks
 
@@ -145,7 +146,7 @@ class Attempt:
 
     @property
     def stop_file(self) -> Path:
-        return self.dir / "stop"
+        return self.dir / STOP_FILE
 
 
 def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
@@ -218,7 +219,7 @@ def _launch_spec(ctx: WorkerContext, job: Job) -> LaunchSpec:
         workdir=Path(job.workdir) if job.workdir else None,
         output_dir=attempt_dir / "output",
         log_path=attempt_dir / "log.txt",
-        stop_file=attempt_dir / "stop",
+        stop_file=attempt_dir / STOP_FILE,
         vram_mb=job.vram_mb,
         gpu_indices=indices,
         gpu_total_mb=min((totals.get(i, 0) for i in indices), default=0),

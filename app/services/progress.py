@@ -71,10 +71,8 @@ def keep_left(redis: Redis, job_id: int, output_dir: Path) -> None:
 
 def resume_left(redis: Redis, job_ids: Sequence[int]) -> dict[int, float]:
     """Job id -> the run time left that its preempted attempt reported (keep_left), where there is one."""
-    if not job_ids:
-        return {}
-    values = redis.mget([RESUME_LEFT_KEY.format(job_id=job_id) for job_id in job_ids])
-    return {job_id: float(raw) for job_id, raw in zip(job_ids, values, strict=True) if raw}  # type: ignore[arg-type]
+    [left] = _latest(redis, (RESUME_LEFT_KEY,), [(job_id, 0) for job_id in job_ids])  # the key has no attempt
+    return {job_id: float(raw) for job_id, raw in left.items()}
 
 
 def publish(redis: Redis, job_id: int, attempt: int, progress: Progress) -> None:

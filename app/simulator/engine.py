@@ -131,8 +131,9 @@ class Simulation:
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
-        self.making_room: set[int] = set()  # jobs that preempted others, not started since (policy.schedule)
-        self.room: dict[int, tuple[int, int, float]] = {}  # such a job -> the GPU and moment of its room
+        # Jobs that preempted others, not started since (policy.schedule's making_room): the GPU and moment
+        # of the room made for each.
+        self.room: dict[int, tuple[int, int, float]] = {}
         self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
@@ -205,18 +206,15 @@ class Simulation:
         users = {user: UserState(usage=value) for user, value in self.usage.value.items()}
         assert self.config is not None
         decision = schedule(
-            pending, nodes, self.now, running=running, users=users, config=self.config, making_room=self.making_room
+            pending, nodes, self.now, running=running, users=users, config=self.config, making_room=self.room.keys()
         )
-        self.making_room -= {p.job_id for p in decision.placements}
-        self.making_room |= {p.for_job for p in decision.preemptions}
-        for preemption in decision.preemptions:
-            self.result.rooms_made += 1
-            self.room[preemption.for_job] = (int(preemption.node), preemption.gpu, self.now)
         for index, (since, kind) in self.lacking.items():
             self.result.waited[index][kind] += self.now - since
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
         by_index = {w.index: w for w in self.waiting}
         for preemption in decision.preemptions:
+            self.result.rooms_made += 1
+            self.room[preemption.for_job] = (int(preemption.node), preemption.gpu, self.now)
             for a in [a for a in self._on(int(preemption.node), preemption.gpu) if a.index in preemption.job_ids]:
                 self._end(a, "preempted")
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
