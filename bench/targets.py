@@ -19,7 +19,7 @@ By default the policy knows each queued job's utilisation and run time exactly (
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
 time instead, which it knows to be limits (upper bounds), as the live scheduler knows a job's time_limit_s.
 It also counts preemptions (the jobs of one GPU stopped for one job) and how many gave their room at
-once to the job they were made for.
+once to the job they were made for, and moves (a job stopped to resume on a GPU that drains sooner).
 --set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share,
 backfill, preempt; a number, true, false or none), to see what each target gains and loses: e.g.
 --set critical_share=0.75.
@@ -117,7 +117,7 @@ def setting(text: str) -> tuple[str, float | bool | None]:
 
 def check(
     args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
-) -> tuple[int, float, float, float, int, int, tuple[str, str, str, str], tuple[int, int]]:
+) -> tuple[int, float, float, float, int, int, tuple[str, str, str, str], tuple[int, int, int]]:
     seed, load, jobs, gpus, explain, estimates, config = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
@@ -135,7 +135,7 @@ def check(
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())
     jct = (vramq["mean_jct_s"] or 0) / (exclusive["mean_jct_s"] or 1)
-    rooms = (result.rooms_made, result.rooms_taken)
+    rooms = (result.rooms_made, result.rooms_taken, result.moves)
     return seed, load, ratio, jct, vramq["oom_caused_by_others"], len(bad), why, rooms
 
 
@@ -165,11 +165,11 @@ def main() -> None:
     terms: Counter[str] = Counter()
     sealed: Counter[str] = Counter()
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
-    made = taken = 0
+    made = taken = moved = 0
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
         for seed, load, ratio, jct, oom, bad, why, rooms in pool.map(check, cases):
-            made, taken = made + rooms[0], taken + rooms[1]
+            made, taken, moved = made + rooms[0], taken + rooms[1], moved + rooms[2]
             missed = {
                 "makespan": ratio > limit(load),
                 "jct": jct > 0.5,
@@ -186,6 +186,7 @@ def main() -> None:
                 sealed[why[3]] += 1
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
     print(f"preemptions: {made}, of which {taken} gave their room at once to the job they were made for")
+    print(f"moves: {moved} (a job stopped to resume on a GPU that drains sooner)")
     if kinds:
         print("makespan misses by their last job: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
         print("makespan misses by the bound's term: " + ", ".join(f"{k} {n}" for k, n in terms.most_common()))

@@ -510,3 +510,62 @@ def test_a_preemption_stays_on_the_gpu_whose_jobs_are_already_stopping(stopping:
     [preemption] = schedule([big], nodes, now=0, running=running).preemptions
 
     assert (preemption.gpu, preemption.job_ids) == ((0, (10,)) if stopping else (1, (11,)))
+
+
+def two_stacked(**fields: object) -> tuple[list[NodeState], list[RunningJob]]:
+    """GPU 0 runs two jobs at 0.9 (1.8 together: each at 1/1.8 of its speed), with 100,000 and 50,000 solo
+    seconds left; GPU 1 one at 0.5 ending at 10,000 s. Packed perfectly the known work would end by 124,000 s,
+    but GPU 0's ends at 140,000 s."""
+    nodes = [NodeState("a", 8, (GpuState(0, 14000, util=1.8), GpuState(1, 20000, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 5000, util=0.9, expected_end=180000.0, job_id=10, unsaved_s=300.0, **fields),  # type: ignore[arg-type]
+        RunningJob("a", (0,), 5000, util=0.9, expected_end=90000.0, job_id=11, unsaved_s=300.0, **fields),  # type: ignore[arg-type]
+        RunningJob("a", (1,), 4000, util=0.5, expected_end=10000.0, job_id=12, unsaved_s=300.0),
+    ]
+    return nodes, running
+
+
+def test_a_checkpointed_job_moves_off_the_gpu_whose_work_would_end_last() -> None:
+    """Moving job 11 (50,000 s left, redoing 300 s) to GPU 1 has GPU 0 end at 100,000 s and GPU 1 at about
+    54,300 s; moving job 10 instead would end at about 104,300 s. The move is job 11's."""
+    nodes, running = two_stacked()
+
+    decision = schedule([], nodes, now=0, running=running)
+
+    assert decision.preemptions == [Preemption(11, "a", 1, (11,))]
+    assert decision.preemptions[0].move
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"unsaved_s": None},  # no checkpoint to resume from
+        {"resumed": True},  # moved or preempted once already
+        {"stopping": True},  # stopping already
+    ],
+)
+def test_a_job_without_a_checkpoint_or_moved_before_stays(fields: dict[str, object]) -> None:
+    nodes, running = two_stacked()
+    running[:2] = [replace(job, **fields) for job in running[:2]]  # type: ignore[arg-type]
+
+    assert schedule([], nodes, now=0, running=running).preemptions == []
+
+
+def test_no_job_moves_where_the_gpus_work_ends_together_or_onto_a_reserved_gpu() -> None:
+    """With GPU 1 as busy as GPU 0 the known work ends together: nothing moves. With GPU 1 held for the head
+    of the queue (a 20,000 MB job waiting for it to drain), nothing moves there either."""
+    nodes, running = two_stacked()
+    busy = [*running[:2], replace(running[2], util=0.9, expected_end=140000.0)]
+    assert (
+        schedule(
+            [], [replace(nodes[0], gpus=(nodes[0].gpus[0], GpuState(1, 20000, util=0.9)))], 0, running=busy
+        ).preemptions
+        == []
+    )
+
+    head = PendingJob(1, 20000, util=0.3, duration_s=1000)
+    crowded = [replace(nodes[0], gpus=(nodes[0].gpus[0], GpuState(1, 16000, util=0.5)))]
+    assert schedule([], crowded, now=0, running=running).preemptions == [Preemption(11, "a", 1, (11,))]
+    decision = schedule([head], crowded, now=0, running=running)
+
+    assert decision.waiting[head.id].kind == "memory" and decision.preemptions == []

@@ -1,6 +1,7 @@
 """Transitions, the ledger and the dispatch loop against real SQL and Redis (no node processes)."""
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from app.enums import FailureReason, JobStatus
 from app.errors import IllegalTransition
 from app.scheduler import inputs
 from app.scheduler.loop import LeaderLock, Scheduler
+from app.scheduler.state import Quotas
 from app.services import progress, transitions
 from app.services.progress import Progress
 from app.services.waiting import waiting_of
@@ -454,3 +456,33 @@ def test_a_running_jobs_unsaved_work_is_what_it_did_since_its_last_checkpoint(
     [running] = inputs.running_jobs([job], history, epoch + timedelta(seconds=1000), progress={7: report})
 
     assert running.unsaved_s == unsaved
+
+
+def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two checkpointed jobs measured at 0.95 share GPU 0 (1.9: each at about half speed) while GPU 1 is idle;
+    a third job waits on its user's quota. One of the two is asked to stop at the end of its epoch, to
+    resume on GPU 1: it stays in `making_room` while it finishes its epoch, to be placed first."""
+    scheduler.config = replace(scheduler.config, quotas=Quotas(running=2))
+    publish_node(redis, sizes=(24576, 24576))
+    pair = [make_job(sessions, vram_mb=5000, time_limit_s=100000) for _ in range(2)]
+    scheduler.tick()
+    started = utcnow() - timedelta(seconds=1200)
+    began = started.timestamp() + 20
+    for job in pair:
+        run_with_progress(
+            sessions, redis, job.id, started, Progress(done=1, total=10, start=0, began=began, at=began + 1000)
+        )
+        progress.publish_load(redis, job.id, 1, 0.95)
+    make_job(sessions, vram_mb=5000)
+
+    with caplog.at_level(logging.INFO, logger="app.scheduler.loop"):
+        scheduler.tick()
+
+    assert [reload(sessions, job.id).gpu_indices for job in pair] == [[0], [0]]
+    [moved] = [job.id for job in pair if redis.exists(RUN_PREEMPT_KEY.format(job_id=job.id, attempt=1))]
+    assert f"moving job {moved} to node-a GPU 1, where it ends sooner" in caplog.text
+    assert scheduler.making_room == {moved}
+    scheduler.tick()
+    assert scheduler.making_room == {moved}  # still running: kept until it is placed again

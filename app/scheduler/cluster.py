@@ -38,9 +38,12 @@ class Cluster:
         self.drain: dict[tuple[str, int], float] = {}  # when each GPU's known work ends
         self.work: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in self.free}
         self.background = dict.fromkeys(self.free, 0.0)  # load of jobs with unknown ends
+        self.left: dict[int, float] = {}  # solo seconds left of each running job with a known end, by id
         for job in self.running:
             load = max((self.util.get((job.node, i), 0.0) for i in job.gpu_indices), default=0.0)
             left = max(0.0, job.expected_end - now) / max(1.0, load) if job.expected_end is not None else 0.0
+            if job.job_id is not None and job.expected_end is not None:
+                self.left[job.job_id] = left
             for index in job.gpu_indices:
                 if (job.node, index) in self.free:
                     self._add_work((job.node, index), job.expected_end, left, job.util)

@@ -109,7 +109,8 @@ def running_jobs(
     """Active jobs with their compute load (measured, else from history) and expected end: by their time
     limit at the latest (counted from dispatch until they start), sooner where their training's progress
     says so, else after their history's run time. Their unsaved work: what a stop would lose (see
-    `_unsaved`). `stopping`: the jobs already preempted, finishing their epoch."""
+    `_unsaved`). `stopping`: the jobs already preempted, finishing their epoch. Resumed: its last attempt was
+    preempted."""
     loads, progress = loads or {}, progress or {}
     return [
         RunningJob(
@@ -121,6 +122,7 @@ def running_jobs(
             job.id,
             _unsaved(job, progress.get(job.id), now.timestamp()),
             job.id in (stopping or ()),
+            job.failure_reason is FailureReason.PREEMPTED,  # kept from its last attempt until it ends
         )
         for job in active
     ]

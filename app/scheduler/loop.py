@@ -86,7 +86,8 @@ class Scheduler:
         self.forecast_at = float("-inf")
         self.forecast_every_s = FORECAST_EVERY_S
         self.forecast_new_job_s = FORECAST_NEW_JOB_S
-        self.making_room: set[int] = set()  # queued jobs that preempted others (policy.schedule), not placed yet
+        # Jobs that preempted others or were moved (policy.schedule), not placed since.
+        self.making_room: set[int] = set()
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -134,7 +135,8 @@ class Scheduler:
             pending = inputs.pending_jobs(queued, history, progress.resume_left(self.redis, preempted))
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
-            self.making_room &= {job.id for job in queued}
+            # A moved job stays while it finishes its epoch, to be placed first once queued again.
+            self.making_room &= {job.id for job in [*queued, *active]}
             decision = schedule(
                 pending,
                 states,
@@ -178,8 +180,13 @@ class Scheduler:
                     key = RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempts[job_id])
                     pipe.set(key, "1", ex=RUN_PREEMPT_TTL_S, nx=True)
                 new = [job_id for job_id, set_now in zip(flagged, pipe.execute(), strict=True) if set_now]
-            if new:
-                log.info("preempting jobs %s", ", ".join(map(str, new)))
+            moving = {p.for_job: p for p in preemptions if p.move}
+            for job_id in new:
+                if job_id in moving:
+                    to = moving[job_id]
+                    log.info("moving job %s to %s GPU %s, where it ends sooner", job_id, to.node, to.gpu)
+            if stopped := [job_id for job_id in new if job_id not in moving]:
+                log.info("preempting jobs %s", ", ".join(map(str, stopped)))
 
     def _with_estimates(self, waiting: dict[int, Wait], now: float) -> dict[int, Wait]:
         """The policy's estimate where it gives one (the reserved job), else the forecast's while it is

@@ -31,7 +31,15 @@ import heapq
 from collections import defaultdict, deque
 from collections.abc import Collection, Iterable, Sequence
 
-from app.scheduler.cluster import Cluster, Reservation, potential, reserve, respecting, sooner_later
+from app.scheduler.cluster import (
+    Cluster,
+    Reservation,
+    finish_time,
+    potential,
+    reserve,
+    respecting,
+    sooner_later,
+)
 from app.scheduler.state import (
     Decision,
     NodeState,
@@ -49,6 +57,9 @@ NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
 PREEMPT_WAIT = 0.05  # a big critical job preempts only if it would wait this share of its run time or more
 PREEMPT_LEFT = 0.5  # nor stops a job with this share of the big job's run time or more still to run
 PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the work it loses, or more
+MOVE_LAST = 0.99  # a job is moved off a GPU whose known work ends this close to the last end (of the time left)
+MOVE_GAIN = 0.02  # where that end comes sooner by this share of the time left
+MOVE_COST_S = 600.0  # and by this much at least: a restart costs the job its start-up again
 
 
 def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_share: bool) -> list[list[PendingJob]]:
@@ -84,16 +95,21 @@ def critical_path(
     So do queued jobs of more than half of `capacity_mb` (a GPU's memory for vramq's jobs) when, as no two
     of them fit on one GPU, their summed run times over the GPUs reach that share: together they set the
     makespan, and left to the end they would run a few at a time on otherwise idle GPUs."""
-    work = sum(max(0.0, r.expected_end - now) * r.util * len(r.gpu_indices) for r in running if r.expected_end)
-    work += sum(p.duration_s * p.util * p.gpus for p in pending if p.duration_s is not None)
     load = sum(r.util * len(r.gpu_indices) for r in running) / max(1, gpu_count)
-    horizon = share * work / max(1, gpu_count) / max(1.0, load)
+    horizon = share * known_work(pending, running, now) / max(1, gpu_count) / max(1.0, load)
     jobs = {p.id for p in pending if p.duration_s is not None and p.duration_s >= horizon}
     if capacity_mb is not None:
         big = [p for p in pending if p.duration_s is not None and 2 * p.vram_mb > capacity_mb]
         if sum(p.duration_s * p.gpus for p in big if p.duration_s is not None) / max(1, gpu_count) >= horizon:
             jobs.update(p.id for p in big)
     return jobs, [r for r in running if r.expected_end is not None and r.expected_end - now >= horizon]
+
+
+def known_work(pending: Sequence[PendingJob], running: Sequence[RunningJob], now: float) -> float:
+    """The GPU-seconds of compute that the running jobs (to their expected ends) and the queued jobs of known
+    run time need."""
+    work = sum(max(0.0, r.expected_end - now) * r.util * len(r.gpu_indices) for r in running if r.expected_end)
+    return work + sum(p.duration_s * p.util * p.gpus for p in pending if p.duration_s is not None)
 
 
 def schedule(
@@ -134,7 +150,7 @@ def schedule(
         if quota:
             decision.waiting[job.id] = Wait(quota, kind="quota")
             return False
-        urgent = job.id in critical
+        urgent = job.id in critical or job.id in making_room
         placement = cluster.best_fit(job, config.compute_cap, now, urgent)
         blocked = cluster.blocked
         later = None
@@ -202,7 +218,71 @@ def schedule(
     if config.preempt and critical:
         big = [p for p in pending if p.id in critical and 2 * p.vram_mb > capacity]
         decision.preemptions = preemptions(cluster, big, running, decision.waiting, capacity, now)
+    if config.preempt and config.critical_share is not None:
+        held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
+        stopped = {i for p in decision.preemptions for i in p.job_ids}
+        gpu_count = len(cluster.free)
+        drained = now + known_work(pending, running, now) / max(1, gpu_count)
+        decision.preemptions += moves(
+            cluster, drained, held | {(p.node, p.gpu) for p in decision.preemptions}, stopped, now
+        )
     return decision
+
+
+def moves(
+    cluster: Cluster, drained: float, held: set[tuple[str, int]], stopped: set[int], now: float
+) -> list[Preemption]:
+    """Checkpointed jobs on the GPU whose known work ends last, moved to a GPU of the node that drains sooner,
+    where the known work would all end by `drained` were it packed perfectly: that GPU sets a new end. A
+    move stops the job at the end of its epoch; it is queued again and considered first (`making_room`),
+    where it ends soonest. Only where the GPUs' last end comes sooner by MOVE_GAIN of the time left (and
+    MOVE_COST_S), counting the work the job redoes; once per job (not one that resumed already), never onto
+    `held` GPUs (the reservation's, or those a preemption empties), and on a node where a job is stopping
+    (preempted or moved) not before it has."""
+    if not cluster.finish:
+        return []
+    last = max(cluster.finish.values())
+    if last <= max(now, drained):
+        return []
+    chosen: list[Preemption] = []
+    used: set[tuple[str, int]] = set()
+    settling = {job.node for job in cluster.running if job.stopping}  # until it has stopped, the GPUs' ends are off
+    for key, end in sorted(cluster.finish.items(), key=lambda item: -item[1]):
+        if end < now + MOVE_LAST * (last - now):
+            break
+        if key[0] in settling:
+            continue
+        best: tuple[float, Preemption, tuple[str, int]] | None = None
+        for job in cluster.running:
+            if job.gpu_indices != (key[1],) or job.node != key[0] or not _movable(job, cluster, stopped):
+                continue
+            assert job.job_id is not None and job.unsaved_s is not None
+            left = cluster.left[job.job_id]
+            rest = list(cluster.work[key])
+            rest.remove((left, job.util))
+            here = finish_time(now, rest, cluster.background[key])
+            for there, free in cluster.free.items():
+                if there == key or there[0] != key[0] or there in held | used or free < job.vram_mb:
+                    continue
+                moved = [*cluster.work[there], (left + job.unsaved_s, job.util)]
+                new = max(here, finish_time(now, moved, cluster.background[there]))
+                if new <= end - max(MOVE_COST_S, MOVE_GAIN * (last - now)) and (best is None or new < best[0]):
+                    best = (new, Preemption(job.job_id, there[0], there[1], (job.job_id,)), there)
+        if best is not None:
+            chosen.append(best[1])
+            used.update({key, best[2]})
+    return chosen
+
+
+def _movable(job: RunningJob, cluster: Cluster, stopped: set[int]) -> bool:
+    return (
+        job.job_id is not None
+        and job.job_id in cluster.left
+        and job.job_id not in stopped
+        and job.unsaved_s is not None
+        and not job.stopping
+        and not job.resumed
+    )
 
 
 def preemptions(

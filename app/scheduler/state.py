@@ -46,6 +46,7 @@ class RunningJob:
     # its next attempt resumes from). None: it has none, and is never preempted.
     unsaved_s: float | None = None
     stopping: bool = False  # preempted already: it stops at the end of its epoch
+    resumed: bool = False  # its last attempt was preempted (it resumed from a checkpoint): it is not moved again
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ class PolicyConfig:
     backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
     compute_cap: float | None = 1.6  # expected compute load a GPU may reach (tuned: bench/policies.py)
     critical_share: float | None = 0.9  # jobs this long relative to the packed work ahead start first
-    preempt: bool = True  # a critical job too big to share a GPU may preempt checkpointed small jobs
+    # A critical job too big to share a GPU may preempt checkpointed small jobs, and a checkpointed job on the
+    # GPU that would end last may be moved to one that drains sooner (policy.moves).
+    preempt: bool = True
     quotas: Quotas = Quotas()
 
 
@@ -89,12 +92,17 @@ class Wait:
 
 @dataclass(frozen=True)
 class Preemption:
-    """Running jobs to stop and queue again, so that `for_job` finds room on `gpu` of `node`."""
+    """Running jobs to stop and queue again, so that `for_job` finds room on `gpu` of `node`. A move: `for_job`
+    is the one job stopped, to resume there (policy.moves)."""
 
     for_job: int
     node: str
     gpu: int
     job_ids: tuple[int, ...]
+
+    @property
+    def move(self) -> bool:
+        return self.job_ids == (self.for_job,)
 
 
 @dataclass

@@ -94,6 +94,7 @@ class Result:
     preemptions: int = 0  # attempts preempted
     rooms_made: int = 0  # preemptions decided (the jobs of one GPU stopped for one job)
     rooms_taken: int = 0  # of which the job they were made for started there at once
+    moves: int = 0  # jobs stopped to resume on a GPU that drains sooner (policy.moves)
     # Ledger policies: each job's time queued by what it lacked (Wait.kind: memory, compute, held...).
     waited: defaultdict[int, defaultdict[str, float]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(float))
@@ -131,9 +132,9 @@ class Simulation:
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
-        # Jobs that preempted others, not started since (policy.schedule's making_room): the GPU and moment
-        # of the room made for each.
-        self.room: dict[int, tuple[int, int, float]] = {}
+        # Jobs that preempted others or were moved, not started since (policy.schedule's making_room): the GPU
+        # and moment of the room made for each, and whether it is a move.
+        self.room: dict[int, tuple[int, int, float, bool]] = {}
         self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
@@ -185,6 +186,7 @@ class Simulation:
                 a.index,
                 # Once it has a checkpoint (an epoch done, here or before it resumed), a stop loses an epoch.
                 PREEMPTION_LOSS_S if a.done >= PREEMPTION_LOSS_S else None,
+                resumed=a.preempted > 0,
             )
             for a in self.running
         ]
@@ -213,9 +215,12 @@ class Simulation:
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
         by_index = {w.index: w for w in self.waiting}
         for preemption in decision.preemptions:
-            self.result.rooms_made += 1
-            self.room[preemption.for_job] = (int(preemption.node), preemption.gpu, self.now)
-            for a in [a for a in self._on(int(preemption.node), preemption.gpu) if a.index in preemption.job_ids]:
+            if preemption.move:
+                self.result.moves += 1
+            else:
+                self.result.rooms_made += 1
+            self.room[preemption.for_job] = (int(preemption.node), preemption.gpu, self.now, preemption.move)
+            for a in [a for a in list(self.running) if a.index in preemption.job_ids]:
                 self._end(a, "preempted")
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
 
@@ -256,8 +261,9 @@ class Simulation:
         )
         self.running.append(attempt)
         if waiting.index in self.room:
-            room_node, room_gpu, made = self.room.pop(waiting.index)
-            self.result.rooms_taken += room_node == node and room_gpu in gpus and self.now <= made + EPS
+            room_node, room_gpu, made, move = self.room.pop(waiting.index)
+            if not move:
+                self.result.rooms_taken += room_node == node and room_gpu in gpus and self.now <= made + EPS
         for gpu in gpus:
             self.on[node, gpu].append(attempt)
         self.result.attempts.append(attempt)
