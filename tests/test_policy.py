@@ -496,6 +496,23 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []
 
 
+@pytest.mark.parametrize(("left", "preempted"), [(40000.0, True), (60000.0, False)])
+def test_of_two_big_jobs_the_one_with_less_left_gives_way(left: float, preempted: bool) -> None:
+    """Each GPU runs a 20000 MB job; a queued 22000 MB one of 100000 s would wait for GPU 0's to end at
+    40000 s and end at 140000, long after GPU 1's (90000). GPU 0's job, with under half that run time left,
+    stops and resumes later, so the three end closer together; one with 60000 s left does not."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=100000)
+    nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 4576, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 20000, util=0.5, expected_end=left, job_id=10, unsaved_s=300.0),
+        RunningJob("a", (1,), 20000, util=0.5, expected_end=90000.0, job_id=11, unsaved_s=300.0),
+    ]
+
+    preemptions = schedule([big], nodes, now=0, running=running).preemptions
+
+    assert preemptions == ([Preemption(1, "a", 0, (10,))] if preempted else [])
+
+
 @pytest.mark.parametrize("stopping", [False, True])
 def test_a_preemption_stays_on_the_gpu_whose_jobs_are_already_stopping(stopping: bool) -> None:
     """Stopping GPU 1's 4000 MB job makes room with fewer MB than GPU 0's 8000 MB one; but once GPU 0's job

@@ -217,7 +217,7 @@ def schedule(
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
     if config.preempt and critical:
         big = [p for p in pending if p.id in critical and 2 * p.vram_mb > capacity]
-        decision.preemptions = preemptions(cluster, big, running, decision.waiting, capacity, now)
+        decision.preemptions = preemptions(cluster, big, running, decision.waiting, now)
     if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
@@ -290,14 +290,16 @@ def preemptions(
     big: Sequence[PendingJob],
     running: Sequence[RunningJob],
     waiting: dict[int, Wait],
-    capacity: int,
     now: float,
 ) -> list[Preemption]:
-    """Room for critical jobs too big to share a GPU, made by stopping small jobs that resume from their
-    last epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so
-    late that it would end after every running job. Only on a GPU whose jobs all have a checkpoint, none
-    of them big, and none with as much as half the big job's run time left (it would soon give the room
-    back anyway), where the work they lose (since their checkpoints) is small beside the wait saved; the
+    """Room for critical jobs too big to share a GPU, made by stopping jobs that resume from their last
+    epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so late
+    that it would end after every running job. Only on a GPU whose jobs all have a checkpoint, and none
+    with as much as half the big job's run time left (it would soon give the room back anyway). That
+    may be another big job: of two that cannot share a GPU, the one with less left gives way, so that the
+    big jobs end together rather than one after another (preemptive scheduling's longest remaining work
+    first; the one that gave way can in turn stop only a job with less than half its own time left). And
+    only where the work they lose (since their checkpoints) is small beside the wait saved; the
     fewest megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch)
     cost nothing more: a GPU they make room on stays the choice while they stop."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
@@ -313,7 +315,7 @@ def preemptions(
         best: tuple[tuple[int, float], Preemption] | None = None
         for key, free in cluster.free.items():
             on = [r for r in cluster.running if r.node == key[0] and key[1] in r.gpu_indices]
-            if key in taken or not on or not all(_preemptible(r, job, capacity, now) for r in on):
+            if key in taken or not on or not all(_preemptible(r, job, now) for r in on):
                 continue
             victims = []
             for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
@@ -341,13 +343,12 @@ def preemptions(
     return chosen
 
 
-def _preemptible(victim: RunningJob, job: PendingJob, capacity: int, now: float) -> bool:
+def _preemptible(victim: RunningJob, job: PendingJob, now: float) -> bool:
     assert job.duration_s is not None
     return victim.stopping or (
         victim.unsaved_s is not None
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1
-        and 2 * victim.vram_mb <= capacity
         and victim.expected_end is not None
         and victim.expected_end - now < PREEMPT_LEFT * job.duration_s
     )

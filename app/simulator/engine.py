@@ -383,7 +383,9 @@ class Simulation:
                     self.waiting.append(Waiting(index, job, job.vram_mb))
                 else:
                     self.result.refused.append(index)
-            for _ in range(2):  # again at once after preemptions, for the job they made room for
+            # Again at once after preemptions, for the jobs they made room for (which may preempt in turn), as
+            # the live loop does a second later. Bounded for safety: each pass that preempts stops a running job.
+            for _ in range(len(self.running) + 1):
                 preempted = self.result.preemptions
                 if self.waiting:
                     for waiting, node, gpus in self._decide():
