@@ -21,6 +21,9 @@ the same `schedule`, so what the benchmark measures is what runs.
   running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions),
   where they lose little since; they finish their epoch, are queued again and resume from its checkpoint.
   The job they make room for is considered first from then on (`making_room`), so that it gets the room.
+  A big job may stop another big one with under half its run time left, so that they end together.
+- Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
+  packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -232,13 +235,13 @@ def schedule(
 def moves(
     cluster: Cluster, drained: float, held: set[tuple[str, int]], stopped: set[int], now: float
 ) -> list[Preemption]:
-    """Checkpointed jobs on the GPU whose known work ends last, moved to a GPU of the node that drains sooner,
-    where the known work would all end by `drained` were it packed perfectly: that GPU sets a new end. A
-    move stops the job at the end of its epoch; it is queued again and considered first (`making_room`),
-    where it ends soonest. Only where the GPUs' last end comes sooner by MOVE_GAIN of the time left (and
-    MOVE_COST_S), counting the work the job redoes; once per job (not one that resumed already), never onto
-    `held` GPUs (the reservation's, or those a preemption empties), and on a node where a job is stopping
-    (preempted or moved) not before it has."""
+    """Checkpointed jobs moved off the GPU whose known work ends last, to a GPU of its node that drains
+    sooner. Only when that last end is after `drained` (when all known work would end, packed perfectly):
+    the GPU then sets a new end on its own. A move stops the job at the end of its epoch; it is queued
+    again and considered first (`making_room`), where it ends soonest. Only where the last end comes
+    sooner by MOVE_GAIN of the time left and MOVE_COST_S at least, counting the work the job redoes; once
+    per job (not one that resumed already); never onto `held` GPUs (the reservation's, or those a
+    preemption empties); and on a node where a job is stopping (preempted or moved), not before it has."""
     if not cluster.finish:
         return []
     last = max(cluster.finish.values())
