@@ -7,7 +7,8 @@ Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 an
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
 With --explain, each makespan miss names the term of the lower bound that sets it (the longest job, the
 memory area or the compute area) and the jobs that ended past the limit: "late" if it started after the
-last moment from which running alone would have met it, else "slowed" (it shared compute); its wait is split
+last moment from which running alone would have met it, else "slowed" (it shared compute), or "stopped"
+when it was also preempted or moved, and queued again; its wait is split
 by what the policy said it lacked: memory, compute (the GPUs with room were at the cap), held (for the
 reservation of another job), critical (waiting for a GPU rather than sharing one), slots, quota. A miss is
 "sealed at arrival" when a late job could not have met the limit from its submission on: on no GPU, with
@@ -56,15 +57,20 @@ def culprits(sim: Simulation, result: Result, deadline: float) -> tuple[str, str
     once the late jobs had arrived, if anything did: a late job alone, or the late jobs over half a GPU
     together (report.big_jobs_end)."""
     trace = dict(sim.trace)
+    stopped = Counter(a.index for a in result.attempts if a.outcome == "preempted")
     rows = []
     sealing = []
     for index, (end, _) in result.finished.items():
         if end > deadline:
             job, start = trace[index], result.first_start[index]
             late = start > deadline - job.duration_s
-            why = "late" if late else f"slowed x{(end - start) / job.duration_s:.2f}"
             lacked = sorted(result.waited[index].items(), key=lambda item: -item[1])
-            kind = f"late for {lacked[0][0]}" if late and lacked else "late" if late else "slowed"
+            if late:
+                why, kind = "late", f"late for {lacked[0][0]}" if lacked else "late"
+            else:
+                why, kind = f"slowed x{(end - start) / job.duration_s:.2f}", "slowed"
+                if stopped[index]:  # its waits once queued again count in `lacked` too
+                    why, kind = f"{why}, stopped {stopped[index]}x (preempted or moved)", "stopped"
             lacking = ", ".join(f"{what} {seconds:.0f}" for what, seconds in lacked if seconds >= 1)
             text = f"{job.job_id} {job.vram_mb} MB util {job.util:g} {job.duration_s:.0f} s, waited "
             text += f"{start - job.submit_s:.0f} s" + (f" ({lacking})" if lacking else "")
