@@ -206,7 +206,7 @@ class GpuOut(BaseModel):
     available_mb: int
     simulated: bool
     jobs: list[int]
-    load: float = 0.0  # expected compute load: its jobs' utilisations (measured, else history); cap 1.6
+    load: float = 0.0  # expected compute load: its jobs' utilisations (measured, else history); cap 1.7
     processes: list[ForeignProcess] = []  # processes vramq did not start, with their Unix user
 
 

@@ -231,7 +231,7 @@ def test_compute_cap_spreads_busy_jobs() -> None:
 
     decision = schedule(pending, [node("a", 24000, 24000)], now=0)
 
-    # Memory alone would stack all three on one GPU; compute keeps each GPU's expected load under 1.6.
+    # Memory alone would stack all three on one GPU; compute keeps each GPU's expected load under 1.7.
     assert sorted(p.gpu_indices for p in decision.placements) == [(0,), (1,)]
     assert "compute-saturated" in decision.waiting[2].reason
 
@@ -292,7 +292,7 @@ def test_a_short_job_shares_a_critical_jobs_gpu_only_where_it_delays_no_end() ->
 def test_a_critical_job_planned_on_its_time_limit_stacks_past_the_cap_only_onto_an_unsaturated_gpu() -> None:
     """Both GPUs run a busy job until t=2000. A 4000 s job of utilisation 0.9 is critical (0.9 of the 3800
     GPU-seconds of known work per GPU is 3420 s). With its run time known it starts now at a load of 1.9,
-    past the cap of 1.6: it still ends at 5800, sooner than waiting (6000). Planned on a time limit, the
+    past the cap of 1.7: it still ends at 5800, sooner than waiting (6000). Planned on a time limit, the
     true end of the stack is not known, so it waits for a GPU to free up rather than pile onto a saturated
     one; a GPU below saturation (0.8) it may still take past the cap."""
     running = [RunningJob("a", (i,), 4000, util=1.0, expected_end=2000.0) for i in range(2)]
@@ -333,7 +333,7 @@ def test_jobs_too_big_to_share_a_gpu_set_the_end_together() -> None:
 
 
 def test_a_saturated_gpu_takes_no_more_work() -> None:
-    decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.2),))], now=0)
+    decision = schedule([PendingJob(1, 2000, util=0.5)], [NodeState("a", 8, (GpuState(0, 20000, util=1.3),))], now=0)
 
     assert decision.placements == []
     assert "compute-saturated" in decision.waiting[1].reason

@@ -316,7 +316,7 @@ def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
 def test_a_running_jobs_measured_load_outweighs_its_history(
     scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis, measured: float | None, placed: bool
 ) -> None:
-    """A holder that history says is light (0.3) leaves room for a 0.9 job under the cap of 1.6; measured
+    """A holder that history says is light (0.3) leaves room for a 0.9 job under the cap of 1.7; measured
     at 0.95 while it runs, it does not."""
     publish_node(redis, sizes=(24576,))
     past_runs(sessions, "light", 100, outcome=JobStatus.SUCCEEDED, util=0.3)
@@ -335,7 +335,7 @@ def test_a_running_jobs_measured_load_outweighs_its_history(
     assert (reload(sessions, heavy.id).status is JobStatus.DISPATCHED) is placed
     if not placed:
         [(reason, _)] = waiting_of(redis, [heavy.id]).values()
-        assert reason.endswith("compute-saturated (it would take them past 1.6)")
+        assert reason.endswith("compute-saturated (it would take them past 1.7)")
 
 
 @pytest.mark.parametrize(("fingerprint", "placed"), [("sweep", False), ("other", True)])
@@ -359,7 +359,7 @@ def test_a_queued_job_without_history_takes_the_load_measured_on_its_running_sib
     assert (reload(sessions, queued.id).status is JobStatus.DISPATCHED) is placed
     if not placed:
         [(reason, _)] = waiting_of(redis, [queued.id]).values()
-        assert reason.endswith("compute-saturated (it would take them past 1.6)")
+        assert reason.endswith("compute-saturated (it would take them past 1.7)")
 
 
 @pytest.mark.parametrize(
