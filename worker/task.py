@@ -364,7 +364,11 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             _register_models(session, job, attempt)
     if reached is JobStatus.QUEUED and reason is FailureReason.PREEMPTED:
         progress.keep_left(ctx.redis, job.id, attempt.output_dir)
-        _note(attempt, "preempted to make room for a job too big to share a GPU: queued again (no retry used)")
+        _note(
+            attempt,
+            "preempted to make room for a job too big to share a GPU, or to move to a GPU that frees sooner: "
+            "queued again (no retry used)",
+        )
     if reached is JobStatus.QUEUED and next_vram_mb is not None:
         _note(attempt, f"out of memory inside a {job.vram_mb} MB cap: retrying with {next_vram_mb} MB")
     if reached is None:

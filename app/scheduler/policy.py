@@ -136,8 +136,8 @@ def schedule(
     blocked_by: PendingJob | None = None
     critical: set[int] = set()
     capacity = 0
+    gpu_count = sum(len(node.gpus) for node in nodes)
     if config.critical_share is not None:
-        gpu_count = sum(len(node.gpus) for node in nodes)
         # What vramq's jobs can hold on one GPU: free memory with every running job there gone.
         capacity = max((mb for name in cluster.nodes for mb in potential(cluster, name).values()), default=0)
         critical, protected = critical_path(pending, running, gpu_count, now, config.critical_share, capacity)
@@ -224,7 +224,6 @@ def schedule(
     if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
-        gpu_count = len(cluster.free)
         drained = now + known_work(pending, running, now) / max(1, gpu_count)
         decision.preemptions += moves(
             cluster, drained, held | {(p.node, p.gpu) for p in decision.preemptions}, stopped, now
