@@ -23,7 +23,15 @@ from app.simulator.report import (
     uses_ledger,
     work_done,
 )
-from app.simulator.trace import TraceError, TraceJob, bound_terms, load_trace, lower_bound, write_trace
+from app.simulator.trace import (
+    TraceError,
+    TraceJob,
+    bound_terms,
+    load_trace,
+    lower_bound,
+    whole_gpu_bound,
+    write_trace,
+)
 from app.simulator.workload import generate
 from tests.conftest import REPO
 
@@ -316,6 +324,36 @@ def test_lower_bound_terms() -> None:
     assert lower_bound(jobs, gpu_count=1, total_mb=24576) == 110.0  # memory area after t=0
     assert lower_bound(jobs, gpu_count=2, total_mb=2 * 24576) == 100.0  # the longest job
     assert bound_terms(jobs, gpu_count=2, total_mb=2 * 24576) == {"longest job": 100.0, "memory": 55.0, "compute": 55.0}
+
+
+def test_jobs_too_big_to_share_a_gpu_set_a_tighter_bound() -> None:
+    """Four 20,000 MB jobs of 100 s on one 24,576 MB GPU run one after another: 400 s, where the published
+    bound counts their memory-time, 4 x 20,000 x 100 / 24,576 = 325.5 s."""
+    sweep = [TraceJob(f"b{i}", 0.0, "u", 20000, 1, 100.0, 0.2) for i in range(4)]
+    beside = TraceJob("s", 0.0, "u", 4000, 1, 50.0, 1.0)  # fits beside one of them: adds nothing
+    apart = TraceJob("o", 0.0, "u", 8000, 1, 50.0, 0.5)  # fits beside none: adds its compute (25 s) or memory (16 s)
+    late = TraceJob("l", 1000.0, "u", 13000, 1, 10.0, 0.2)  # released after the rest: on its own, 1,010 s
+
+    assert lower_bound(sweep, 1, 24576) == pytest.approx(325.5, abs=0.1)
+    assert whole_gpu_bound(sweep, 1, 24576) == 400.0
+    assert whole_gpu_bound([*sweep, beside], 1, 24576) == 400.0
+    assert whole_gpu_bound([*sweep, apart], 1, 24576) == 425.0
+    assert whole_gpu_bound([*sweep, late], 1, 24576) == 1010.0
+    assert whole_gpu_bound(sweep, 2, 24576) == 200.0
+    assert whole_gpu_bound([beside, apart], 1, 24576) == 0.0  # no job over half a GPU
+
+
+def test_no_policy_ends_a_trace_before_the_tighter_bound() -> None:
+    """The bound is a bound: on generated traces where it is well above the published one (7% to 17%: sweeps
+    of jobs over half a GPU), every policy's simulated makespan is at or above it."""
+    for seed in (16, 21, 31):
+        trace = generate(300, 1.6, GPUS, seed=seed)
+        bound = whole_gpu_bound(trace, len(GPUS), max(GPUS))
+        assert bound > 1.05 * lower_bound(trace, len(GPUS), sum(GPUS))
+        for policy in ("vramq", "exclusive", "fifo-ledger"):
+            result = Simulation(trace, GPUS, policy=policy).run()
+            assert len(result.finished) == len(trace) and all(ok for _, ok in result.finished.values()), policy
+            assert max(end for end, _ in result.finished.values()) >= bound, (seed, policy)
 
 
 def test_traces_round_trip_and_bad_ones_are_refused(tmp_path: Path) -> None:
