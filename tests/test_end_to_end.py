@@ -104,23 +104,27 @@ def test_cancel_stops_the_whole_process_group(cluster: Cluster, client: TestClie
 def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
     cluster: Cluster, client: TestClient, auth: dict[str, str]
 ) -> None:
-    """The scheduler flags a running attempt for preemption (policy.preemptions); its worker stops it, and
-    the job runs again as attempt 2 though it has no retries, as one that resumes from a checkpoint."""
+    """The scheduler flags a running attempt for preemption (policy.preemptions), saying what for; its worker
+    stops it and writes why in its log, and the job runs again as attempt 2 though it has no retries, as one
+    that resumes from a checkpoint."""
     code = "import os, time; time.sleep(0 if os.environ['VRAMQ_ATTEMPT'] == '2' else 300)"
-    job_id, first = preempt_once(cluster, client, auth, code)
+    job_id, first = preempt_once(cluster, client, auth, code, why="to make room for job 7, too big to share a GPU")
 
-    assert "preempted to make room" in first
+    assert "preempted to make room for job 7, too big to share a GPU: queued again (no retry used)" in first
     assert not cluster.redis.exists(RUN_PREEMPT_KEY.format(job_id=job_id, attempt=1))
 
 
-def preempt_once(cluster: Cluster, client: TestClient, auth: dict[str, str], code: str) -> tuple[int, str]:
-    """Run `code` as a job without retries, flag its first attempt for preemption once it runs, and check that
-    the attempt ended preempted and a second one succeeded; the job's id and its first attempt's log."""
+def preempt_once(
+    cluster: Cluster, client: TestClient, auth: dict[str, str], code: str, why: str = "1"
+) -> tuple[int, str]:
+    """Run `code` as a job without retries, flag its first attempt for preemption once it runs (the flag's
+    value: `why`), and check that the attempt ended preempted and a second one succeeded; the job's id and its
+    first attempt's log."""
     job = submit(client, auth, command=py(code), max_retries=0)
     cluster.wait(job["id"], {JobStatus.RUNNING})
     time.sleep(0.5)  # a training job's progress report is written
 
-    cluster.redis.set(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1), "1")
+    cluster.redis.set(RUN_PREEMPT_KEY.format(job_id=job["id"], attempt=1), why)
     done = cluster.wait(job["id"], timeout=30)
 
     assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2)
@@ -154,7 +158,8 @@ def test_a_preempted_training_job_finishes_its_epoch_first_or_is_stopped_after_t
     stopped anyway."""
     job_id, first = preempt_once(cluster, client, auth, EPOCHS.replace("NEVER_STOPS", str(not stops)))
 
-    assert "asked to stop at the end of its epoch" in first
+    # The flag was set by hand ("1"), not by the scheduler: the log names no job.
+    assert "preempted to make room for another job: asked to stop at the end of its epoch" in first
     assert ("epoch 1 checkpointed" in first) is stops
     assert ("stopping the job: preempted" in first) is not stops
     # The scheduler plans its next attempt on the epochs left at its pace (inputs.pending_jobs).

@@ -421,7 +421,10 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
         scheduler.tick()
 
     assert reload(sessions, other.id).gpu_indices == [0] and reload(sessions, small.id).gpu_indices == [1]
-    assert redis.exists(RUN_PREEMPT_KEY.format(job_id=small.id, attempt=1))
+    # The flag says what the stop is for: the worker writes it in the job's log.
+    assert redis.get(RUN_PREEMPT_KEY.format(job_id=small.id, attempt=1)) == (
+        f"to make room for job {big.id}, too big to share a GPU".encode()
+    )
     assert not redis.exists(RUN_PREEMPT_KEY.format(job_id=other.id, attempt=1))
     [(reason, _)] = waiting_of(redis, [big.id]).values()
     assert f"stopping jobs {small.id} on node-a GPU 1" in reason
@@ -483,6 +486,9 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
     assert [reload(sessions, job.id).gpu_indices for job in pair] == [[0], [0]]
     [moved] = [job.id for job in pair if redis.exists(RUN_PREEMPT_KEY.format(job_id=job.id, attempt=1))]
     assert f"moving job {moved} to node-a GPU 1, where it ends sooner" in caplog.text
+    assert (
+        redis.get(RUN_PREEMPT_KEY.format(job_id=moved, attempt=1)) == b"to move to node-a GPU 1, where it ends sooner"
+    )
     assert scheduler.making_room == {moved}
     scheduler.tick()
     assert scheduler.making_room == {moved}  # still running: kept until it is placed again

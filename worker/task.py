@@ -126,6 +126,7 @@ class Attempt:
     utils: list[float] = field(default_factory=list)  # compute utilisation samples, where the GPU tells
     stopped: Stopped | None = None
     stop_asked: float | None = None  # when it was asked to stop at its next checkpoint (monotonic clock)
+    preempted_for: str = ""  # why the scheduler preempts it, from the flag: "to make room for job N, ..."
     tail: metrics.MetricsTail = field(init=False)
 
     def __post_init__(self) -> None:
@@ -309,7 +310,8 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
             attempt.stopped = Stopped.TIMEOUT
         elif _cancel_requested(ctx, attempt.job_id):
             attempt.stopped = Stopped.CANCELLED
-        elif ctx.redis.exists(RUN_PREEMPT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)):
+        elif flag := ctx.redis.get(RUN_PREEMPT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)):
+            attempt.preempted_for = _preempt_reason(flag)
             _preempt(attempt, settings.preempt_grace_s)
         if attempt.stopped is not None:
             with attempt.log_path.open("a") as handle:
@@ -324,9 +326,19 @@ def _preempt(attempt: Attempt, grace_s: float) -> None:
     if attempt.stop_asked is None and grace_s > 0 and (attempt.output_dir / progress.FILE_NAME).exists():
         attempt.stop_asked = time.monotonic()
         attempt.stop_file.touch()
-        _note(attempt, f"preempted: asked to stop at the end of its epoch, once checkpointed (at most {grace_s:g} s)")
+        _note(
+            attempt,
+            f"preempted {attempt.preempted_for}: asked to stop at the end of its epoch, once checkpointed "
+            f"(at most {grace_s:g} s)",
+        )
     elif attempt.stop_asked is None or time.monotonic() - attempt.stop_asked >= grace_s:
         attempt.stopped = Stopped.PREEMPTED
+
+
+def _preempt_reason(flag: bytes | str) -> str:
+    """What the scheduler set the flag to (loop.Scheduler._preempt); a flag set by hand says nothing."""
+    reason = (flag.decode(errors="replace") if isinstance(flag, bytes) else flag).strip()
+    return reason if reason.startswith("to ") else "to make room for another job"
 
 
 def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:
@@ -364,11 +376,7 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             _register_models(session, job, attempt)
     if reached is JobStatus.QUEUED and reason is FailureReason.PREEMPTED:
         progress.keep_left(ctx.redis, job.id, attempt.output_dir)
-        _note(
-            attempt,
-            "preempted to make room for a job too big to share a GPU, or to move to a GPU that frees sooner: "
-            "queued again (no retry used)",
-        )
+        _note(attempt, f"preempted {attempt.preempted_for}: queued again (no retry used)")
     if reached is JobStatus.QUEUED and next_vram_mb is not None:
         _note(attempt, f"out of memory inside a {job.vram_mb} MB cap: retrying with {next_vram_mb} MB")
     if reached is None:

@@ -173,13 +173,21 @@ class Scheduler:
         """Ask the workers of the running jobs the policy preempts to stop them (the policy names them each tick
         until they have: a flag already set stays as it is); each is then queued again by its worker."""
         attempts = {job.id: job.attempt for job in active}
-        flagged = [job_id for preemption in preemptions for job_id in preemption.job_ids if job_id in attempts]
-        if flagged:
+        # What each stop is for, as the flag's value: the worker writes it in the job's log.
+        why = {
+            job_id: f"to move to {p.node} GPU {p.gpu}, where it ends sooner"
+            if p.move
+            else f"to make room for job {p.for_job}, too big to share a GPU"
+            for p in preemptions
+            for job_id in p.job_ids
+            if job_id in attempts
+        }
+        if why:
             with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in flagged:
+                for job_id, reason in why.items():
                     key = RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempts[job_id])
-                    pipe.set(key, "1", ex=RUN_PREEMPT_TTL_S, nx=True)
-                new = [job_id for job_id, set_now in zip(flagged, pipe.execute(), strict=True) if set_now]
+                    pipe.set(key, reason, ex=RUN_PREEMPT_TTL_S, nx=True)
+                new = [job_id for job_id, set_now in zip(why, pipe.execute(), strict=True) if set_now]
             moving = {p.for_job: p for p in preemptions if p.move}
             for job_id in new:
                 if job_id in moving:
