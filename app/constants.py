@@ -53,6 +53,10 @@ SCHEDULER_WAKE_KEY = f"{PREFIX}:scheduler:wake"
 # job id -> why it waits and when it may start, rewritten by the leader every tick.
 PENDING_KEY = f"{PREFIX}:pending"
 
+# Ids of the queued jobs that preempted others or were moved, not placed since (policy.schedule's making_room):
+# kept here, not in the leader's memory, so that a new leader places them first too.
+MAKING_ROOM_KEY = f"{PREFIX}:scheduler:making-room"
+
 # A dispatched job whose RQ message is missing this long after dispatch is enqueued again (Redis lost it).
 REENQUEUE_AFTER_S = 10.0
 

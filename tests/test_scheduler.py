@@ -466,7 +466,8 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
 ) -> None:
     """Two checkpointed jobs measured at 0.95 share GPU 0 (1.9: each at about half speed) while GPU 1 is idle;
     a third job waits on its user's quota. One of the two is asked to stop at the end of its epoch, to
-    resume on GPU 1: it stays in `making_room` while it finishes its epoch, to be placed first."""
+    resume on GPU 1: it stays in `making_room` while it finishes its epoch, to be placed first, also by the
+    next leader."""
     scheduler.config = replace(scheduler.config, quotas=Quotas(running=2))
     publish_node(redis, sizes=(24576, 24576))
     pair = [make_job(sessions, vram_mb=5000, time_limit_s=100000) for _ in range(2)]
@@ -492,3 +493,9 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
     assert scheduler.making_room == {moved}
     scheduler.tick()
     assert scheduler.making_room == {moved}  # still running: kept until it is placed again
+    # Kept in Redis: a new leader (this one stepped down, or died) places it first too.
+    scheduler.lock.release()
+    successor = Scheduler(scheduler.settings, sessions, redis)
+    successor.config = scheduler.config
+    assert successor.tick() == [] and successor.lock.acquire_or_renew()
+    assert successor.making_room == {moved}

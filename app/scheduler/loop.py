@@ -20,6 +20,7 @@ from app.config import Settings
 from app.constants import (
     LEADER_KEY,
     LEADER_TTL_S,
+    MAKING_ROOM_KEY,
     REENQUEUE_AFTER_S,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
@@ -86,8 +87,19 @@ class Scheduler:
         self.forecast_at = float("-inf")
         self.forecast_every_s = FORECAST_EVERY_S
         self.forecast_new_job_s = FORECAST_NEW_JOB_S
-        # Jobs that preempted others or were moved (policy.schedule), not placed since.
-        self.making_room: set[int] = set()
+
+    @property
+    def making_room(self) -> set[int]:
+        """Jobs that preempted others or were moved (policy.schedule), not placed since: in Redis, so that a
+        new leader places them first too."""
+        return {int(raw) for raw in self.redis.smembers(MAKING_ROOM_KEY)}
+
+    def _keep_making_room(self, ids: set[int]) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.delete(MAKING_ROOM_KEY)
+            if ids:
+                pipe.sadd(MAKING_ROOM_KEY, *ids)
+            pipe.execute()
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -136,7 +148,7 @@ class Scheduler:
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
             # A moved job stays while it finishes its epoch, to be placed first once queued again.
-            self.making_room &= {job.id for job in [*queued, *active]}
+            making_room = self.making_room & {job.id for job in [*queued, *active]}
             decision = schedule(
                 pending,
                 states,
@@ -144,7 +156,7 @@ class Scheduler:
                 running=running,
                 users=users,
                 config=self.config,
-                making_room=self.making_room,
+                making_room=making_room,
             )
             by_id = {job.id: job for job in queued}
             placements = [
@@ -155,8 +167,8 @@ class Scheduler:
         for placement in placements:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         self._preempt(decision.preemptions, active)
-        self.making_room -= {placement.job_id for placement in placements}
-        self.making_room |= {preemption.for_job for preemption in decision.preemptions}
+        making_room -= {placement.job_id for placement in placements}
+        self._keep_making_room(making_room | {preemption.for_job for preemption in decision.preemptions})
         moment = now.timestamp()
         since = moment - self.forecast_at
         arrived = any(job_id not in self.forecast_ids for job_id in decision.waiting)
