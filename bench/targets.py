@@ -19,10 +19,10 @@ By default the policy knows each queued job's utilisation and run time exactly (
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
 time instead, which it knows to be limits (upper bounds), as the live scheduler knows a job's time_limit_s.
-Each trace also shows mk/TB, the makespan over a tighter bound that is just as valid
-(trace.whole_gpu_bound, taken with the published one): jobs of more than half a GPU's memory never share one,
-so a sweep of them can need far more than the published bound. A miss is "beyond any schedule" where that
-bound itself is past the limit, and the last line counts the misses against it.
+Each trace also shows mk/TB, the makespan over a tighter bound that is just as valid (the summary's
+tight_bound_s: trace.whole_gpu_bound, taken with the published one): jobs of more than half a GPU's memory
+never share one, so a sweep of them can need far more than the published bound. A miss is "beyond any
+schedule" where that bound itself is past the limit, and the last line counts the misses against it.
 It also counts preemptions (the jobs of one GPU stopped for one job) and how many gave their room at
 once to the job they were made for, and moves (a job stopped to resume on a GPU that drains sooner).
 --set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share,
@@ -46,7 +46,7 @@ from app.simulator.report import (
     summarise,
     too_big_to_pair,
 )
-from app.simulator.trace import bound_terms, whole_gpu_bound
+from app.simulator.trace import bound_terms
 from app.simulator.workload import generate
 from app.units import parse_gpu_spec
 
@@ -135,8 +135,7 @@ def check(
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
-    tight = max(vramq["lower_bound_s"], whole_gpu_bound(trace, len(sizes), max(sizes)))
-    tight_ratio = vramq["makespan_s"] / tight if tight else 0.0
+    tight_ratio = vramq["makespan_s"] / (vramq["tight_bound_s"] or vramq["lower_bound_s"] or 1)
     why = ("", "", "", "")
     if explain and ratio > limit(load):
         terms = bound_terms(trace, len(sizes), sum(sizes))

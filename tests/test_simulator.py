@@ -423,6 +423,7 @@ def test_cli_prints_json_and_writes_the_schedule(tmp_path: Path) -> None:
     ):
         assert key in figures
     assert figures["infeasible"] == [] and figures["completed"] == 60
+    assert figures["tight_bound_s"] >= figures["lower_bound_s"]
     with (tmp_path / "s.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["job_id", "attempt", "node", "gpu_indices", "start_s", "end_s", "vram_mb", "outcome"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.scheduler.cluster import finish_time
 from app.simulator.engine import CONFIGS, Attempt, Result, Simulation
-from app.simulator.trace import TraceJob, lower_bound
+from app.simulator.trace import TraceJob, lower_bound, whole_gpu_bound
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -33,7 +33,10 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
     ends = [end for end, _ in result.finished.values()]
     makespan = max(ends, default=0.0)
     refused = set(result.refused)  # they never run: neither the schedule nor the bound has them
-    bound = lower_bound([job for index, job in enumerate(trace) if index not in refused], gpu_count, total_mb)
+    kept = [job for index, job in enumerate(trace) if index not in refused]
+    bound = lower_bound(kept, gpu_count, total_mb)
+    # The tighter bound for jobs too big to share a GPU (trace.whole_gpu_bound), where the GPUs are alike.
+    tight = max(bound, whole_gpu_bound(kept, gpu_count, sim.sizes[0])) if len(set(sim.sizes)) == 1 else None
     jct: list[float] = []
     wait: list[float] = []
     per_user: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"jct": [], "wait": [], "slowdown": []})
@@ -71,6 +74,7 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
         "makespan_s": round(makespan, 1),
         "lower_bound_s": round(bound, 1),
         "makespan_over_bound": round(makespan / bound, 4) if bound else None,
+        "tight_bound_s": round(tight, 1) if tight is not None else None,
         "mean_jct_s": round(statistics.fmean(jct), 1) if jct else None,
         "p95_jct_s": round(percentile(jct, 0.95), 1),
         "mean_wait_s": round(statistics.fmean(wait), 1) if wait else None,

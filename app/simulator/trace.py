@@ -117,15 +117,18 @@ def whole_gpu_bound(jobs: list[TraceJob], gpu_count: int, gpu_mb: int) -> float:
 
     The published bound counts a 22 GB job on a 24 GB GPU as 0.9 of it, and a sweep of them can set the
     makespan well above it (bench/targets.py reports both)."""
+    floors = sorted({job.vram_mb for job in jobs if 2 * job.vram_mb > gpu_mb})
+    alone = dict.fromkeys(floors, 0.0)  # per floor V, over the jobs released so far (latest first)
+    compute = dict.fromkeys(floors, 0.0)
+    memory = dict.fromkeys(floors, 0.0)
     best = 0.0
-    after: list[TraceJob] = []
     for job in sorted(jobs, key=lambda j: j.submit_s, reverse=True):
-        after.append(job)
-        big = {j.vram_mb for j in after if 2 * j.vram_mb > gpu_mb}
-        for floor in big:
-            alone = sum(j.duration_s * j.gpus for j in after if j.vram_mb >= floor)
-            others = [j for j in after if gpu_mb - floor < j.vram_mb <= gpu_mb / 2]
-            compute = sum(j.util * j.duration_s * j.gpus for j in others)
-            memory = sum(j.vram_mb * j.duration_s * j.gpus for j in others) / gpu_mb
-            best = max(best, job.submit_s + (alone + max(compute, memory)) / gpu_count)
+        for floor in floors:
+            if job.vram_mb >= floor:
+                alone[floor] += job.duration_s * job.gpus
+            elif gpu_mb - floor < job.vram_mb <= gpu_mb / 2:
+                compute[floor] += job.util * job.duration_s * job.gpus
+                memory[floor] += job.vram_mb * job.duration_s * job.gpus / gpu_mb
+        for floor in floors:
+            best = max(best, job.submit_s + (alone[floor] + max(compute[floor], memory[floor])) / gpu_count)
     return best
