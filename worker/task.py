@@ -126,7 +126,7 @@ class Attempt:
     utils: list[float] = field(default_factory=list)  # compute utilisation samples, where the GPU tells
     stopped: Stopped | None = None
     stop_asked: float | None = None  # when it was asked to stop at its next checkpoint (monotonic clock)
-    preempted_for: str = ""  # why the scheduler preempts it, from the flag: "to make room for job N, ..."
+    preempted_for: str = "to make room for another job"  # why, from the flag: "to make room for job N, ..."
     tail: metrics.MetricsTail = field(init=False)
 
     def __post_init__(self) -> None:
@@ -311,7 +311,7 @@ def _supervise(ctx: WorkerContext, process: subprocess.Popen[bytes], attempt: At
         elif _cancel_requested(ctx, attempt.job_id):
             attempt.stopped = Stopped.CANCELLED
         elif flag := ctx.redis.get(RUN_PREEMPT_KEY.format(job_id=attempt.job_id, attempt=attempt.attempt)):
-            attempt.preempted_for = _preempt_reason(flag)
+            attempt.preempted_for = _preempt_reason(flag) or attempt.preempted_for
             _preempt(attempt, settings.preempt_grace_s)
         if attempt.stopped is not None:
             with attempt.log_path.open("a") as handle:
@@ -335,10 +335,10 @@ def _preempt(attempt: Attempt, grace_s: float) -> None:
         attempt.stopped = Stopped.PREEMPTED
 
 
-def _preempt_reason(flag: bytes | str) -> str:
-    """What the scheduler set the flag to (loop.Scheduler._preempt); a flag set by hand says nothing."""
+def _preempt_reason(flag: bytes | str) -> str | None:
+    """What the scheduler set the flag to (loop.Scheduler._preempt); None for a flag set by hand ("1")."""
     reason = (flag.decode(errors="replace") if isinstance(flag, bytes) else flag).strip()
-    return reason if reason.startswith("to ") else "to make room for another job"
+    return reason if reason.startswith("to ") else None
 
 
 def _ingest_metrics(ctx: WorkerContext, attempt: Attempt) -> None:

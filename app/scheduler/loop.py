@@ -94,7 +94,9 @@ class Scheduler:
         new leader places them first too."""
         return {int(raw) for raw in self.redis.smembers(MAKING_ROOM_KEY)}
 
-    def _keep_making_room(self, ids: set[int]) -> None:
+    def _keep_making_room(self, ids: set[int], before: set[int]) -> None:
+        if ids == before:
+            return
         with self.redis.pipeline() as pipe:
             pipe.delete(MAKING_ROOM_KEY)
             if ids:
@@ -148,7 +150,8 @@ class Scheduler:
             states = node_states(nodes, reservations_of(active), self.settings.safety_margin_mb, running)
             users = inputs.user_states(session, active, now, self.settings.fair_share_half_life_h * 3600)
             # A moved job stays while it finishes its epoch, to be placed first once queued again.
-            making_room = self.making_room & {job.id for job in [*queued, *active]}
+            before = self.making_room
+            making_room = before & {job.id for job in [*queued, *active]}
             decision = schedule(
                 pending,
                 states,
@@ -168,7 +171,7 @@ class Scheduler:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         self._preempt(decision.preemptions, active)
         making_room -= {placement.job_id for placement in placements}
-        self._keep_making_room(making_room | {preemption.for_job for preemption in decision.preemptions})
+        self._keep_making_room(making_room | {preemption.for_job for preemption in decision.preemptions}, before)
         moment = now.timestamp()
         since = moment - self.forecast_at
         arrived = any(job_id not in self.forecast_ids for job_id in decision.waiting)
