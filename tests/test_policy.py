@@ -485,12 +485,13 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert decision.preemptions == [Preemption(1, "a", 1, (11,))]
     assert decision.waiting[1].kind == "preempting"
     assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
-    # Not without checkpoints, nor jobs with half its run time left, nor for a short wait, nor when disabled.
+    # Not without checkpoints, nor for a short wait, nor when disabled; jobs with half its run time left move.
     assert schedule([big], nodes, now=0, running=running(unsaved=None)).preemptions == []
     # Nor jobs whose last checkpoint is so old (long epochs) that a stop loses over half the 20000 s it saves.
     assert schedule([big], nodes, now=0, running=running(unsaved=9000.0)).preemptions != []
     assert schedule([big], nodes, now=0, running=running(unsaved=11000.0)).preemptions == []
-    assert schedule([big], nodes, now=0, running=running(end=60000.0)).preemptions == []
+    moved = [Preemption(1, "a", 1, (11,)), Preemption(11, "a", 0, (11,))]  # to GPU 0, where it fits
+    assert schedule([big], nodes, now=0, running=running(end=60000.0)).preemptions == moved
     assert schedule([big], nodes, now=0, running=running(end=3000.0)).preemptions == []
     off = PolicyConfig(preempt=False)
     assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []
@@ -511,6 +512,34 @@ def test_of_two_big_jobs_the_one_with_less_left_gives_way(left: float, preempted
     preemptions = schedule([big], nodes, now=0, running=running).preemptions
 
     assert preemptions == ([Preemption(1, "a", 0, (10,))] if preempted else [])
+
+
+@pytest.mark.parametrize("room_elsewhere", [True, False])
+def test_a_long_job_in_a_big_jobs_way_moves_to_another_gpu(room_elsewhere: bool) -> None:
+    """Each GPU runs a 5000 MB job with 150,000 s left: a queued 22,000 MB job of 100,000 s would wait for one
+    to end. Too long to be stopped and queued (over half the big job's run time), GPU 0's job moves instead: it
+    resumes at once on GPU 1, where it fits, and the big job takes GPU 0. Where it fits nowhere else, nothing
+    is stopped."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=100000)
+    free_1 = 19576 if room_elsewhere else 4576
+    nodes = [NodeState("a", 8, (GpuState(0, 19576, util=0.3), GpuState(1, free_1, util=0.3)))]
+    running = [
+        RunningJob("a", (0,), 5000, util=0.3, expected_end=150000.0, job_id=10, unsaved_s=300.0),
+        RunningJob("a", (1,), 24576 - free_1, util=0.3, expected_end=150000.0, job_id=11, unsaved_s=300.0),
+    ]
+
+    preemptions = schedule([big], nodes, now=0, running=running).preemptions
+
+    if not room_elsewhere:
+        assert preemptions == []
+        return
+    assert preemptions == [Preemption(1, "a", 0, (10,)), Preemption(10, "a", 1, (10,))]
+    # Once it has stopped, both are placed first (making_room): the big job where it stopped, the other beside
+    # GPU 1's job.
+    moved = PendingJob(10, 5000, util=0.3, duration_s=150000)
+    nodes = [NodeState("a", 8, (GpuState(0, 24576), GpuState(1, 19576, util=0.3)))]
+    placements = schedule([big, moved], nodes, now=300, running=running[1:], making_room={1, 10}).placements
+    assert sorted((p.job_id, p.gpu_indices) for p in placements) == [(1, (0,)), (10, (1,))]
 
 
 @pytest.mark.parametrize("stopping", [False, True])

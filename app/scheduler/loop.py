@@ -188,11 +188,13 @@ class Scheduler:
         """Ask the workers of the running jobs the policy preempts to stop them (the policy names them each tick
         until they have: a flag already set stays as it is); each is then queued again by its worker."""
         attempts = {job.id: job.attempt for job in active}
-        # What each stop is for, as the flag's value: the worker writes it in the job's log.
+        # What each stop is for, as the flag's value: the worker writes it in the job's log. A job stopped for a
+        # big one may also move (policy._room_on): making room is what it is for.
+        rooms = {job_id: p.for_job for p in preemptions if not p.move for job_id in p.job_ids}
         why = {
-            job_id: f"to move to {p.node} GPU {p.gpu}, where it ends sooner"
-            if p.move
-            else f"to make room for job {p.for_job}, too big to share a GPU"
+            job_id: f"to make room for job {rooms[job_id]}, too big to share a GPU"
+            if job_id in rooms
+            else f"to move to {p.node} GPU {p.gpu}, where it ends sooner"
             for p in preemptions
             for job_id in p.job_ids
             if job_id in attempts
@@ -203,7 +205,7 @@ class Scheduler:
                     key = RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempts[job_id])
                     pipe.set(key, reason, ex=RUN_PREEMPT_TTL_S, nx=True)
                 new = [job_id for job_id, set_now in zip(why, pipe.execute(), strict=True) if set_now]
-            moving = {p.for_job: p for p in preemptions if p.move}
+            moving = {p.for_job: p for p in preemptions if p.move and p.for_job not in rooms}
             for job_id in new:
                 if job_id in moving:
                     to = moving[job_id]

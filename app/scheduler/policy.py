@@ -21,6 +21,7 @@ the same `schedule`, so what the benchmark measures is what runs.
   running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions),
   where they lose little since; they finish their epoch, are queued again and resume from its checkpoint.
   The job they make room for is considered first from then on (`making_room`), so that it gets the room.
+  A long job stopped so is moved instead: it resumes at once on another GPU where it fits.
   A big job may stop another big one with under half its run time left, so that they end together.
 - Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
   packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`).
@@ -220,7 +221,7 @@ def schedule(
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
     if config.preempt and critical:
         big = [p for p in pending if p.id in critical and 2 * p.vram_mb > capacity]
-        decision.preemptions = preemptions(cluster, big, running, decision.waiting, now)
+        decision.preemptions = preemptions(cluster, big, running, decision.waiting, now, config.compute_cap)
     if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
@@ -293,11 +294,13 @@ def preemptions(
     running: Sequence[RunningJob],
     waiting: dict[int, Wait],
     now: float,
+    cap: float | None = None,
 ) -> list[Preemption]:
     """Room for critical jobs too big to share a GPU, made by stopping jobs that resume from their last
     epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so late
-    that it would end after every running job. Only on a GPU whose jobs all have a checkpoint, and none
-    with as much as half the big job's run time left (it would soon give the room back anyway). That
+    that it would end after every running job. Only jobs with a checkpoint are stopped; one with as much
+    as half the big job's run time left (it would soon give the room back anyway) only if it can resume
+    at once on another GPU of the node (a move of its own, `_room_on`). That
     may be another big job: of two that cannot share a GPU, the one with less left gives way, so that the
     big jobs end together rather than one after another (preemptive scheduling's longest remaining work
     first; the one that gave way can in turn stop only a job with less than half its own time left). And
@@ -314,27 +317,22 @@ def preemptions(
         start = wait.estimated_start
         if start is None or start - now < PREEMPT_WAIT * job.duration_s or start + job.duration_s <= last:
             continue
-        best: tuple[tuple[int, float], Preemption] | None = None
-        for key, free in cluster.free.items():
-            on = [r for r in cluster.running if r.node == key[0] and key[1] in r.gpu_indices]
-            if key in taken or not on or not all(_preemptible(r, job, now) for r in on):
+        best: tuple[tuple[int, float], Preemption, list[Preemption]] | None = None
+        for key in cluster.free:
+            found = None if key in taken else _room_on(cluster, key, job, now, cap, taken)
+            if found is None:
                 continue
-            victims = []
-            for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
-                if free >= job.vram_mb:
-                    break
-                victims.append(r)
-                free += r.vram_mb
+            victims, relocations = found
             fresh = [r for r in victims if not r.stopping]
             lost = sum(r.unsaved_s or 0.0 for r in fresh)
             cost = (sum(r.vram_mb for r in fresh), lost)
             worth = lost * PREEMPT_WORTH <= start - now
-            if free >= job.vram_mb and victims and worth and (best is None or cost < best[0]):
+            if worth and (best is None or cost < best[0]):
                 ids = tuple(r.job_id for r in victims if r.job_id is not None)
-                best = (cost, Preemption(job.id, key[0], key[1], ids))
+                best = (cost, Preemption(job.id, key[0], key[1], ids), relocations)
         if best is not None:
-            chosen.append(best[1])
-            taken.add((best[1].node, best[1].gpu))
+            chosen += [best[1], *best[2]]
+            taken.update((p.node, p.gpu) for p in [best[1], *best[2]])
             stopped = ", ".join(str(i) for i in best[1].job_ids)
             waiting[job.id] = Wait(
                 f"{wait.reason}; stopping jobs {stopped} on {best[1].node} GPU {best[1].gpu} to make room "
@@ -343,6 +341,44 @@ def preemptions(
                 "preempting",
             )
     return chosen
+
+
+def _room_on(
+    cluster: Cluster, key: tuple[str, int], job: PendingJob, now: float, cap: float | None, taken: set[tuple[str, int]]
+) -> tuple[list[RunningJob], list[Preemption]] | None:
+    """The running jobs to stop on GPU `key` so that `job` fits there, fewest megabytes first, and the moves of
+    those among them with too much left to be queued again (`_preemptible`): each resumes at once on another
+    GPU of the node, where it fits within the compute cap (so two long jobs of a few GB on two GPUs do not
+    keep a big job off both). None: not there."""
+    free = cluster.free[key]
+    room = {k: mb for k, mb in cluster.free.items() if k != key and k[0] == key[0] and k not in taken}
+    load = {k: cluster.util[k] for k in room}
+    on = [r for r in cluster.running if r.node == key[0] and key[1] in r.gpu_indices]
+    victims: list[RunningJob] = []
+    relocations: list[Preemption] = []
+    for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
+        if free >= job.vram_mb:
+            break
+        if not _preemptible(r, job, now):
+            target = _relocation(r, room, load, cap)
+            if target is None or r.job_id is None:
+                return None
+            room[target] -= r.vram_mb
+            load[target] += r.util
+            relocations.append(Preemption(r.job_id, target[0], target[1], (r.job_id,)))
+        victims.append(r)
+        free += r.vram_mb
+    return (victims, relocations) if victims and free >= job.vram_mb else None
+
+
+def _relocation(
+    victim: RunningJob, room: dict[tuple[str, int], int], load: dict[tuple[str, int], float], cap: float | None
+) -> tuple[str, int] | None:
+    """The least loaded GPU where a checkpointed single-GPU job fits now, within the compute cap."""
+    if victim.stopping or victim.unsaved_s is None or len(victim.gpu_indices) != 1:
+        return None
+    fits = [k for k in room if room[k] >= victim.vram_mb and (cap is None or load[k] + victim.util <= cap)]
+    return min(fits, key=lambda k: (load[k], -room[k]), default=None)
 
 
 def _preemptible(victim: RunningJob, job: PendingJob, now: float) -> bool:
