@@ -19,7 +19,7 @@ from app.enums import FailureReason, JobStatus
 from app.errors import IllegalTransition
 from app.scheduler import inputs
 from app.scheduler.loop import LeaderLock, Scheduler
-from app.scheduler.state import Quotas
+from app.scheduler.state import Preemption, Quotas
 from app.services import progress, transitions
 from app.services.progress import Progress
 from app.services.waiting import waiting_of
@@ -499,3 +499,21 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
     successor.config = scheduler.config
     assert successor.tick() == [] and successor.lock.acquire_or_renew()
     assert successor.making_room == {moved}
+
+
+def test_a_job_moved_out_of_a_big_jobs_way_is_told_it_made_room(
+    scheduler: Scheduler, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """policy._room_on stops a long job for a big one and moves it to another GPU: its flag (the reason its log
+    gives) says it made room for the big job, and the scheduler logs it as preempted, not as moved to end sooner;
+    a plain move says where it goes."""
+    active = [Job(id=11, attempt=1), Job(id=12, attempt=2)]
+    relocated = [Preemption(1, "node-a", 0, (11,)), Preemption(11, "node-a", 1, (11,))]
+
+    with caplog.at_level(logging.INFO, logger="app.scheduler.loop"):
+        scheduler._preempt([*relocated, Preemption(12, "node-a", 1, (12,))], active)
+
+    assert redis.get(RUN_PREEMPT_KEY.format(job_id=11, attempt=1)) == b"to make room for job 1, too big to share a GPU"
+    assert redis.get(RUN_PREEMPT_KEY.format(job_id=12, attempt=2)) == b"to move to node-a GPU 1, where it ends sooner"
+    assert "preempting jobs 11" in caplog.text and "moving job 11" not in caplog.text
+    assert "moving job 12 to node-a GPU 1" in caplog.text
