@@ -300,7 +300,8 @@ def preemptions(
     epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so late
     that it would end after every running job. Only jobs with a checkpoint are stopped; one with as much
     as half the big job's run time left (it would soon give the room back anyway) only if it can resume
-    at once on another GPU of the node (a move of its own, `_room_on`). That
+    at once on another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the big
+    one must end within that half (else it would rather wait than share their compute). That
     may be another big job: of two that cannot share a GPU, the one with less left gives way, so that the
     big jobs end together rather than one after another (preemptive scheduling's longest remaining work
     first; the one that gave way can in turn stop only a job with less than half its own time left). And
@@ -368,7 +369,9 @@ def _room_on(
             relocations.append(Preemption(r.job_id, target[0], target[1], (r.job_id,)))
         victims.append(r)
         free += r.vram_mb
-    return (victims, relocations) if victims and free >= job.vram_mb else None
+    # Those left beside it end within half its run time (else it would rather wait than share their compute).
+    staying = all(_preemptible(r, job, now) for r in on if r not in victims)
+    return (victims, relocations) if victims and free >= job.vram_mb and staying else None
 
 
 def _relocation(
