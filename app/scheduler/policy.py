@@ -377,8 +377,9 @@ def _room_on(
 def _relocation(
     victim: RunningJob, room: dict[tuple[str, int], int], load: dict[tuple[str, int], float], cap: float | None
 ) -> tuple[str, int] | None:
-    """The least loaded GPU where a checkpointed single-GPU job fits now, within the compute cap."""
-    if victim.stopping or victim.unsaved_s is None or len(victim.gpu_indices) != 1:
+    """The least loaded GPU where a checkpointed single-GPU job fits now, within the compute cap (a job
+    stopping already never gets here: it is `_preemptible`)."""
+    if victim.unsaved_s is None or len(victim.gpu_indices) != 1:
         return None
     fits = [k for k in room if room[k] >= victim.vram_mb and (cap is None or load[k] + victim.util <= cap)]
     return min(fits, key=lambda k: (load[k], -room[k]), default=None)
