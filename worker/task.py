@@ -195,16 +195,23 @@ def execute(ctx: WorkerContext, job_id: int, attempt_no: int) -> str:
             return "skipped: cancelled before start"
         _supervise(ctx, process, attempt)
         signal_group(pgid, signal.SIGKILL)  # children the job left behind
+        # Its live figures go before its end is recorded, so whoever reads the end reads none of them. The
+        # heartbeat stays until then: without it a running job would look lost.
+        ctx.redis.delete(*_live_figures(job_id, attempt_no))
         return _record_end(ctx, job, attempt, process.returncode)
     finally:
         attempt.mirror.finish()  # what the worker itself wrote at the end
         ctx.redis.hdel(pgids_key, str(pgid))
         ctx.redis.delete(
             RUN_HEARTBEAT_KEY.format(job_id=job_id, attempt=attempt_no),
-            RUN_PROGRESS_KEY.format(job_id=job_id, attempt=attempt_no),
-            RUN_LOAD_KEY.format(job_id=job_id, attempt=attempt_no),
             RUN_PREEMPT_KEY.format(job_id=job_id, attempt=attempt_no),
+            *_live_figures(job_id, attempt_no),
         )
+
+
+def _live_figures(job_id: int, attempt: int) -> tuple[str, str]:
+    """The keys of a running attempt's progress and measured load."""
+    return RUN_PROGRESS_KEY.format(job_id=job_id, attempt=attempt), RUN_LOAD_KEY.format(job_id=job_id, attempt=attempt)
 
 
 def _launch_spec(ctx: WorkerContext, job: Job) -> LaunchSpec:
