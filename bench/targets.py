@@ -20,9 +20,11 @@ By default the policy knows each queued job's utilisation and run time exactly (
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
 time instead, which it knows to be limits (upper bounds), as the live scheduler knows a job's time_limit_s.
 Each trace also shows mk/TB, the makespan over a tighter bound that is just as valid (the summary's
-tight_bound_s: trace.whole_gpu_bound, taken with the published one): jobs of more than half a GPU's memory
-never share one, so a sweep of them can need far more than the published bound. A miss is "beyond any
-schedule" where that bound itself is past the limit, and the last line counts the misses against it.
+tight_bound_s: the largest of the published one, trace.whole_gpu_bound and fluid.fluid_bound): jobs of more
+than half a GPU's memory never share one, so a sweep of them can need far more than the published bound;
+and no schedule meets memory, compute and each job's run time all at once as the published bound meets
+each alone. A miss is "beyond any schedule" where that bound itself is past the limit, and the last line
+counts the misses against it.
 It also counts preemptions (the jobs of one GPU stopped for one job) and how many gave their room at
 once to the job they were made for, and moves (a job stopped to resume on a GPU that drains sooner).
 --set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share,

@@ -9,6 +9,7 @@ from typing import Any
 
 from app.scheduler.cluster import finish_time
 from app.simulator.engine import CONFIGS, Attempt, Result, Simulation
+from app.simulator.fluid import fluid_bound
 from app.simulator.trace import TraceJob, lower_bound, whole_gpu_bound
 
 
@@ -35,8 +36,12 @@ def summarise(sim: Simulation, result: Result) -> dict[str, Any]:
     refused = set(result.refused)  # they never run: neither the schedule nor the bound has them
     kept = [job for index, job in enumerate(trace) if index not in refused]
     bound = lower_bound(kept, gpu_count, total_mb)
-    # The tighter bound for jobs too big to share a GPU (trace.whole_gpu_bound), where the GPUs are alike.
-    tight = max(bound, whole_gpu_bound(kept, gpu_count, sim.sizes[0])) if len(set(sim.sizes)) == 1 else None
+    # Where the GPUs are alike, the tightest bound known: for jobs too big to share a GPU (trace.whole_gpu_bound),
+    # and for memory, compute and run times held at once (fluid.fluid_bound).
+    tight = None
+    if len(set(sim.sizes)) == 1:
+        size = sim.sizes[0]
+        tight = max(bound, whole_gpu_bound(kept, gpu_count, size), fluid_bound(tuple(kept), gpu_count, size))
     jct: list[float] = []
     wait: list[float] = []
     per_user: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"jct": [], "wait": [], "slowdown": []})
