@@ -28,8 +28,10 @@ from scipy.sparse import coo_array
 
 from app.simulator.trace import TraceJob
 
-MAX_VARIABLES = 40_000  # jobs x intervals: fewer intervals for a long trace (still a bound, a looser one)
+# Any subset of the cuts and rows below still gives a bound, a looser one: these keep the program small.
+MAX_VARIABLES = 40_000  # jobs x intervals: fewer intervals for a long trace
 MAX_INTERVALS = 120
+MAX_FLOORS = 16  # the requests over half a GPU whose whole-GPU rows are written
 
 
 @lru_cache(maxsize=16)  # the same trace is summarised once per policy
@@ -37,14 +39,11 @@ def fluid_bound(jobs: tuple[TraceJob, ...], gpu_count: int, gpu_mb: int) -> floa
     """No schedule of `jobs` on `gpu_count` GPUs of `gpu_mb` each ends before this (see the module)."""
     if not jobs:
         return 0.0
-    releases = sorted({job.submit_s for job in jobs})
-    count = max(2, min(MAX_INTERVALS, MAX_VARIABLES // len(jobs)))
-    if len(releases) > count:  # any cut gives a bound: fewer rows, a looser one
-        releases = sorted({releases[int(i)] for i in np.linspace(0, len(releases) - 1, count).round()})
+    releases = _spread(sorted({job.submit_s for job in jobs}), max(2, min(MAX_INTERVALS, MAX_VARIABLES // len(jobs))))
     lp = _Program(releases, gpu_count)
     for job in jobs:
         lp.add_job(job)
-    floors = sorted({job.vram_mb for job in jobs if 2 * job.vram_mb > gpu_mb})
+    floors = _spread(sorted({job.vram_mb for job in jobs if 2 * job.vram_mb > gpu_mb}), MAX_FLOORS)
     for k in range(len(releases)):
         on = lp.by_interval[k]
         lp.at_most(k, [(c, job.util * job.gpus) for c, job in on])
@@ -61,13 +60,20 @@ def fluid_bound(jobs: tuple[TraceJob, ...], gpu_count: int, gpu_mb: int) -> floa
     return lp.solve([job.duration_s for job in jobs])
 
 
+def _spread(values: Sequence[float], count: int) -> list[float]:
+    """At most `count` of the sorted `values`, evenly spread, the first and last among them."""
+    if len(values) <= count:
+        return list(values)
+    return [values[i] for i in sorted({int(i) for i in np.linspace(0, len(values) - 1, count).round()})]
+
+
 class _Program:
-    """min M over the progress variables x (one per job and interval it may run in) and M, the last column."""
+    """min M (column 0) over M and the progress variables x, one per job and interval it may run in."""
 
     def __init__(self, starts: Sequence[float], gpu_count: int) -> None:
         self.starts = starts  # interval k is [starts[k], starts[k + 1]); the last, [starts[-1], M]
         self.gpus = gpu_count
-        self.upper: list[float] = []  # each x's bound: the interval's length from the job's submission
+        self.upper: list[float] = [np.inf]  # each column's: for x, the interval's length from the job's submission
         self.by_interval: list[list[tuple[int, TraceJob]]] = [[] for _ in starts]
         self.by_job: list[list[int]] = []
         self.rows: list[list[tuple[int, float]]] = []  # sum of coefficient x column <= right-hand side
@@ -83,7 +89,7 @@ class _Program:
             since = max(start, job.submit_s)
             self.upper.append(end - since if end is not None else np.inf)
             if end is None:  # x <= M - since
-                self.rows.append([(column, 1.0), (-1, -1.0)])
+                self.rows.append([(column, 1.0), (0, -1.0)])
                 self.rhs.append(-since)
             self.by_interval[k].append((column, job))
             columns.append(column)
@@ -95,29 +101,28 @@ class _Program:
             self.rows.append(terms)
             self.rhs.append(self.gpus * (self.starts[k + 1] - self.starts[k]))
         else:
-            self.rows.append([*terms, (-1, -float(self.gpus))])
+            self.rows.append([*terms, (0, -float(self.gpus))])
             self.rhs.append(-self.gpus * self.starts[k])
 
     def solve(self, run_times: list[float]) -> float:
-        m = len(self.upper)  # M's column; -1 in a row stands for it
-        width = m + 1
+        width = len(self.upper)
 
         def matrix(rows: list[list[tuple[int, float]]]) -> coo_array:
-            entries = [(r, m if c == -1 else c, v) for r, row in enumerate(rows) for c, v in row]
+            entries = [(r, c, v) for r, row in enumerate(rows) for c, v in row]
             r, c, v = zip(*entries, strict=True) if entries else ((), (), ())
             return coo_array((v, (r, c)), shape=(len(rows), width))
 
         cost = np.zeros(width)
-        cost[m] = 1.0
+        cost[0] = 1.0
         result = linprog(
             cost,
             A_ub=matrix(self.rows).tocsr(),
             b_ub=self.rhs,
             A_eq=matrix([[(c, 1.0) for c in columns] for columns in self.by_job]).tocsr(),
             b_eq=run_times,
-            bounds=np.column_stack([np.zeros(width), [*self.upper, np.inf]]),
+            bounds=np.column_stack([np.zeros(width), self.upper]),
             method="highs",
         )
         if result.status != 0:
             raise RuntimeError(f"the fluid bound's linear program failed: {result.message}")
-        return float(result.x[m])
+        return float(result.x[0])
