@@ -360,6 +360,11 @@ def test_the_fluid_bound_holds_memory_and_compute_at_once() -> None:
     # It holds the whole-GPU rows of whole_gpu_bound in each interval: the sweep of four 20,000 MB jobs.
     sweep = tuple(TraceJob(f"b{i}", 0.0, "u", 20000, 1, 100.0, 0.2) for i in range(4))
     assert fluid_bound(sweep, 1, 24576) == pytest.approx(400.0)
+    # Three jobs of over a third of a GPU: two at a time at most, 300 s of progress in 150 s at least, where the
+    # published bound counts their memory-time only (110 s).
+    thirds = [TraceJob(f"t{i}", 0.0, "u", 9000, 1, 100.0, 0.1) for i in range(3)]
+    assert lower_bound(thirds, 1, 24576) == pytest.approx(109.9, abs=0.1)
+    assert fluid_bound(tuple(thirds), 1, 24576) == pytest.approx(150.0)
 
 
 def test_no_policy_ends_a_trace_before_the_tighter_bounds() -> None:

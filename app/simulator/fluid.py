@@ -10,13 +10,16 @@ schedule gives such x (its progress, counting work redone after a stop once), an
   progress adds up to at most the GPUs x the interval's length;
 - memory: a job holds its request while it runs (the ledger), at least as long as it progresses, and a GPU
   holds at most its memory;
+- crowds: no GPU holds more than m jobs of over 1/(m + 1) of its memory (m = 2, 3, 4), so their progress
+  adds up to at most m x the GPUs x the length;
 - whole GPUs: no two jobs of a request V over half a GPU share one, and no job of more than the GPU's
   memory - V fits beside them: for each such V, the GPU-time they hold and the compute and memory-time of
   those that fit beside none of them, in the rest, add up to at most the GPUs x the length
   (trace.whole_gpu_bound, per interval).
 
-The published bound treats memory, compute and each job on its own; this one holds them all at once. So no
-schedule of a ledger policy ends before it (nor does the fluid relaxation of one).
+The published bound treats memory, compute and each job on its own; this one holds them all at once. No
+schedule that keeps each GPU's reservations within its memory (a ledger policy's, or exclusive's) ends
+before it.
 """
 
 from collections.abc import Sequence
@@ -48,6 +51,10 @@ def fluid_bound(jobs: tuple[TraceJob, ...], gpu_count: int, gpu_mb: int) -> floa
         on = lp.by_interval[k]
         lp.at_most(k, [(c, job.util * job.gpus) for c, job in on])
         lp.at_most(k, [(c, job.vram_mb * job.gpus / gpu_mb) for c, job in on])
+        for most in (2, 3, 4):  # no GPU holds more than `most` jobs of over 1/(most + 1) of its memory
+            crowd = [(c, job.gpus / most) for c, job in on if job.vram_mb * (most + 1) > gpu_mb]
+            if crowd:
+                lp.at_most(k, crowd)
         for floor in floors:
             alone = [(c, float(job.gpus)) for c, job in on if job.vram_mb >= floor]
             if not alone:
