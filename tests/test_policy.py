@@ -236,6 +236,26 @@ def test_compute_cap_spreads_busy_jobs() -> None:
     assert "compute-saturated" in decision.waiting[2].reason
 
 
+def test_a_short_job_may_take_a_gpu_past_the_compute_cap() -> None:
+    """The GPU runs at load 1.3 until 100,000 s. A 100 s job of util 0.5 would take it to 1.8, past the cap
+    of 1.7; slowed so, it runs 180 s, under SHORT_SHARE (0.005) of the 100,000 s to the end of the known work:
+    it starts. A 5,000 s one alike waits, as does a short one that would take the load past SHORT_LOAD (2.5).
+    (Without the critical path here: the running job, most of the known work, would be protected, and no job
+    may slow it past the cap.)"""
+    running = [RunningJob("a", (0,), 2000, 1.3, 100000.0, job_id=9)]
+    pending = [
+        PendingJob(1, 2000, util=0.5, duration_s=100.0, submitted=1),
+        PendingJob(2, 2000, util=0.5, duration_s=5000.0, submitted=2),
+        PendingJob(3, 2000, util=1.3, duration_s=100.0, submitted=3),
+    ]
+
+    gpu = NodeState("a", 8, (GpuState(0, 20000, util=1.3),))
+    decision = schedule(pending, [gpu], now=0, running=running, config=PolicyConfig(critical_share=None))
+
+    assert [p.job_id for p in decision.placements] == [1]
+    assert "compute-saturated" in decision.waiting[2].reason and "compute-saturated" in decision.waiting[3].reason
+
+
 def test_a_long_job_waits_rather_than_share_compute_with_another_long_one() -> None:
     """GPU 0 runs a long busy job; GPU 1 a short one that leaves no memory now. A second long busy job
     would double both run times on GPU 0 (both end near t=1720); waiting for GPU 1 at t=50 ends it by 950."""
@@ -423,7 +443,7 @@ def test_judging_alike_queued_jobs_once_changes_no_decision(
                 submitted=float(i),
                 user=rng.choice("ab"),
                 util=util,
-                duration_s=rng.choice([None, 60.0, 5000.0, 90000.0]),
+                duration_s=rng.choice([None, 1.0, 60.0, 5000.0, 90000.0]),  # 1 s: short enough to pass the cap
             )
             for i, (vram, gpus, util) in enumerate(rng.choice(shapes) for _ in range(rng.randint(5, 40)))
         ]
