@@ -518,6 +518,34 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []
 
 
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_a_big_job_of_two_gpus_makes_room_on_two_gpus_at_once(checkpointed: bool) -> None:
+    """A job of 2 x 22000 MB and 100000 s would wait for GPUs 1 and 2 to drain at 20000 s and end long after
+    every running job (30000 s). It stops the checkpointed small jobs of both at once: room on one GPU alone
+    would not start it. GPU 0's job has no checkpoint; where GPU 2's has none either, nothing stops."""
+    big = PendingJob(1, 22000, gpus=2, util=0.5, duration_s=100000)
+    gpus = (GpuState(0, 20576, util=0.5), GpuState(1, 18576, util=0.5), GpuState(2, 18576, util=0.5))
+    nodes = [NodeState("a", 8, gpus)]
+    unsaved = 300.0 if checkpointed else None
+    running = [
+        RunningJob("a", (0,), 4000, util=0.5, expected_end=30000.0, job_id=10),
+        RunningJob("a", (1,), 6000, util=0.5, expected_end=20000.0, job_id=11, unsaved_s=300.0),
+        RunningJob("a", (2,), 6000, util=0.5, expected_end=20000.0, job_id=12, unsaved_s=unsaved),
+    ]
+
+    decision = schedule([big], nodes, now=0, running=running)
+
+    if not checkpointed:
+        assert decision.preemptions == []
+        return
+    assert decision.preemptions == [Preemption(1, "a", 1, (11,)), Preemption(1, "a", 2, (12,))]
+    assert "stopping jobs 11, 12 on a GPUs 1, 2" in decision.waiting[1].reason
+    # Once they have stopped, it takes both.
+    nodes = [NodeState("a", 8, (GpuState(0, 20576, util=0.5), GpuState(1, 24576), GpuState(2, 24576)))]
+    placements = schedule([big], nodes, now=300, running=running[:1], making_room={1}).placements
+    assert placements == [Placement(1, "a", (1, 2))]
+
+
 @pytest.mark.parametrize(("left", "preempted"), [(40000.0, True), (60000.0, False)])
 def test_of_two_big_jobs_the_one_with_less_left_gives_way(left: float, preempted: bool) -> None:
     """Each GPU runs a 20000 MB job; a queued 22000 MB one of 100000 s would wait for GPU 0's to end at

@@ -18,11 +18,12 @@ the same `schedule`, so what the benchmark measures is what runs.
   would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
   them instead (a reservation).
 - Preemption: a critical job too big to share a GPU, whose reservation would have it end after every
-  running job, stops the small jobs of one GPU that have checkpointed an epoch (Decision.preemptions),
-  where they lose little since; they finish their epoch, are queued again and resume from its checkpoint.
-  The job they make room for is considered first from then on (`making_room`), so that it gets the room.
-  A long job stopped so is moved instead: it resumes at once on another GPU where it fits.
-  A big job may stop another big one with under half its run time left, so that they end together.
+  running job, stops the small jobs of one GPU (of each GPU it needs, on one node) that have checkpointed
+  an epoch (Decision.preemptions), where they lose little since; they finish their epoch, are queued
+  again and resume from its checkpoint. The job they make room for is considered first from then on
+  (`making_room`), so that it gets the room. A long job stopped so is moved instead: it resumes at once
+  on another GPU where it fits. A big job may stop another big one with under half its run time left,
+  so that they end together.
 - Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
   packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
@@ -34,6 +35,7 @@ the same `schedule`, so what the benchmark measures is what runs.
 import heapq
 from collections import defaultdict, deque
 from collections.abc import Collection, Iterable, Sequence
+from itertools import combinations
 
 from app.scheduler.cluster import (
     Cluster,
@@ -307,36 +309,43 @@ def preemptions(
     first; the one that gave way can in turn stop only a job with less than half its own time left). And
     only where the work they lose (since their checkpoints) is small beside the wait saved; the
     fewest megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch)
-    cost nothing more: a GPU they make room on stays the choice while they stop."""
+    cost nothing more: a GPU they make room on stays the choice while they stop. A job of N GPUs has room
+    made on N GPUs of one node at once (one Preemption per GPU with jobs to stop)."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
     for job in sorted(big, key=lambda p: (-(p.duration_s or 0), p.id)):
         wait = waiting.get(job.id)
-        if job.gpus != 1 or job.duration_s is None or wait is None or wait.kind not in ("memory", "held"):
+        if job.duration_s is None or wait is None or wait.kind not in ("memory", "held"):
             continue
         start = wait.estimated_start
         if start is None or start - now < PREEMPT_WAIT * job.duration_s or start + job.duration_s <= last:
             continue
-        best: tuple[tuple[int, float], Preemption, list[Preemption]] | None = None
-        for key in cluster.free:
-            found = None if key in taken else _room_on(cluster, key, job, now, cap, taken)
-            if found is None:
-                continue
-            victims, relocations = found
-            fresh = [r for r in victims if not r.stopping]
-            lost = sum(r.unsaved_s or 0.0 for r in fresh)
-            cost = (sum(r.vram_mb for r in fresh), lost)
-            worth = lost * PREEMPT_WORTH <= start - now
-            if worth and (best is None or cost < best[0]):
-                ids = tuple(r.job_id for r in victims if r.job_id is not None)
-                best = (cost, Preemption(job.id, key[0], key[1], ids), relocations)
+        best: tuple[tuple[int, float], list[Preemption], list[Preemption]] | None = None
+        for name, node in cluster.nodes.items():
+            free = [(name, gpu.index) for gpu in node.gpus if (name, gpu.index) not in taken]
+            for keys in combinations(free, job.gpus):
+                found = _room_on(cluster, keys, job, now, cap, taken)
+                if found is None:
+                    continue
+                victims, relocations = found
+                fresh = [r for on in victims.values() for r in on if not r.stopping]
+                lost = sum(r.unsaved_s or 0.0 for r in fresh)
+                cost = (sum(r.vram_mb for r in fresh), lost)
+                if lost * PREEMPT_WORTH <= start - now and (best is None or cost < best[0]):
+                    rooms = [
+                        Preemption(job.id, key[0], key[1], tuple(r.job_id for r in on if r.job_id is not None))
+                        for key, on in victims.items()
+                    ]
+                    best = (cost, rooms, relocations)
         if best is not None:
-            chosen += [best[1], *best[2]]
-            taken.update((p.node, p.gpu) for p in [best[1], *best[2]])
-            stopped = ", ".join(str(i) for i in best[1].job_ids)
+            _, rooms, relocations = best
+            chosen += [*rooms, *relocations]
+            taken.update((p.node, p.gpu) for p in [*rooms, *relocations])
+            stopped = ", ".join(str(i) for p in rooms for i in p.job_ids)
+            where = f"{rooms[0].node} GPU{'s' if len(rooms) > 1 else ''} {', '.join(str(p.gpu) for p in rooms)}"
             waiting[job.id] = Wait(
-                f"{wait.reason}; stopping jobs {stopped} on {best[1].node} GPU {best[1].gpu} to make room "
+                f"{wait.reason}; stopping jobs {stopped} on {where} to make room "
                 "(they stop at the end of their epoch and resume from its checkpoint)",
                 None,
                 "preempting",
@@ -345,33 +354,45 @@ def preemptions(
 
 
 def _room_on(
-    cluster: Cluster, key: tuple[str, int], job: PendingJob, now: float, cap: float | None, taken: set[tuple[str, int]]
-) -> tuple[list[RunningJob], list[Preemption]] | None:
-    """The running jobs to stop on GPU `key` so that `job` fits there, fewest megabytes first, and the moves of
-    those among them with too much left to be queued again (`_preemptible`): each resumes at once on another
-    GPU of the node, where it fits within the compute cap (so two long jobs of a few GB on two GPUs do not
-    keep a big job off both). None: not there."""
-    free = cluster.free[key]
-    room = {k: mb for k, mb in cluster.free.items() if k != key and k[0] == key[0] and k not in taken}
+    cluster: Cluster,
+    keys: tuple[tuple[str, int], ...],
+    job: PendingJob,
+    now: float,
+    cap: float | None,
+    taken: set[tuple[str, int]],
+) -> tuple[dict[tuple[str, int], list[RunningJob]], list[Preemption]] | None:
+    """The running jobs to stop on each of GPUs `keys` (of one node) so that `job` fits on all of them, fewest
+    megabytes first per GPU, and the moves of those among them with too much left to be queued again
+    (`_preemptible`): each resumes at once on another GPU of the node, not one of `keys`, where it fits within
+    the compute cap (so two long jobs of a few GB on two GPUs do not keep a big job off both). None: not there,
+    or nothing to stop."""
+    node = keys[0][0]
+    room = {k: mb for k, mb in cluster.free.items() if k[0] == node and k not in taken and k not in keys}
     load = {k: cluster.util[k] for k in room}
-    on = [r for r in cluster.running if r.node == key[0] and key[1] in r.gpu_indices]
-    victims: list[RunningJob] = []
+    victims: dict[tuple[str, int], list[RunningJob]] = {}
     relocations: list[Preemption] = []
-    for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
-        if free >= job.vram_mb:
-            break
-        if not _preemptible(r, job, now):
-            target = _relocation(r, room, load, cap)
-            if target is None or r.job_id is None:
-                return None
-            room[target] -= r.vram_mb
-            load[target] += r.util
-            relocations.append(Preemption(r.job_id, target[0], target[1], (r.job_id,)))
-        victims.append(r)
-        free += r.vram_mb
-    # Those left beside it end within half its run time (else it would rather wait than share their compute).
-    staying = all(_preemptible(r, job, now) for r in on if r not in victims)
-    return (victims, relocations) if victims and free >= job.vram_mb and staying else None
+    for key in keys:
+        free = cluster.free[key]
+        on = [r for r in cluster.running if r.node == node and key[1] in r.gpu_indices]
+        stopped: list[RunningJob] = []
+        for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
+            if free >= job.vram_mb:
+                break
+            if not _preemptible(r, job, now):
+                target = _relocation(r, room, load, cap)
+                if target is None or r.job_id is None:
+                    return None
+                room[target] -= r.vram_mb
+                load[target] += r.util
+                relocations.append(Preemption(r.job_id, target[0], target[1], (r.job_id,)))
+            stopped.append(r)
+            free += r.vram_mb
+        # Those left beside it end within half its run time (else it would rather wait than share their compute).
+        if free < job.vram_mb or not all(_preemptible(r, job, now) for r in on if r not in stopped):
+            return None
+        if stopped:
+            victims[key] = stopped
+    return (victims, relocations) if victims else None
 
 
 def _relocation(

@@ -132,9 +132,9 @@ class Simulation:
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
-        # Jobs that preempted others or were moved, not started since (policy.schedule's making_room): the GPU
-        # and moment of the room made for each, and whether it is a move.
-        self.room: dict[int, tuple[int, int, float, bool]] = {}
+        # Jobs that preempted others or were moved, not started since (policy.schedule's making_room): the node,
+        # GPUs and moment of the room made for each, and whether it is a move.
+        self.room: dict[int, tuple[int, set[int], float, bool]] = {}
         self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
@@ -219,7 +219,9 @@ class Simulation:
                 self.result.moves += 1
             else:
                 self.result.rooms_made += 1
-            self.room[preemption.for_job] = (int(preemption.node), preemption.gpu, self.now, preemption.move)
+            room = self.room.get(preemption.for_job)
+            gpus = room[1] if room is not None and room[2] == self.now else set()  # a job of N GPUs: N rooms at once
+            self.room[preemption.for_job] = (int(preemption.node), gpus | {preemption.gpu}, self.now, preemption.move)
             for a in [a for a in list(self.running) if a.index in preemption.job_ids]:
                 self._end(a, "preempted")
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
@@ -261,9 +263,9 @@ class Simulation:
         )
         self.running.append(attempt)
         if waiting.index in self.room:
-            room_node, room_gpu, made, move = self.room.pop(waiting.index)
-            if not move:
-                self.result.rooms_taken += room_node == node and room_gpu in gpus and self.now <= made + EPS
+            room_node, room_gpus, made, move = self.room.pop(waiting.index)
+            if not move and room_node == node and self.now <= made + EPS:
+                self.result.rooms_taken += len(room_gpus & set(gpus))
         for gpu in gpus:
             self.on[node, gpu].append(attempt)
         self.result.attempts.append(attempt)
