@@ -438,6 +438,35 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     assert "preempting" not in caplog.text
 
 
+def test_the_scheduler_makes_room_on_both_gpus_for_a_big_job_of_two(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    """A 13000 MB and a 12000 MB job hold a GPU each, both checkpointed and ending by their time limits in
+    about 8800 s. A job of 2 x 22000 MB with a 100000 s limit would wait for both: both are asked to stop."""
+    publish_node(redis, sizes=(24576, 24576))
+    small = []
+    for vram_mb in (13000, 12000):
+        small.append(make_job(sessions, vram_mb=vram_mb, time_limit_s=10000))
+        scheduler.tick()
+    started = utcnow() - timedelta(seconds=1200)
+    began = started.timestamp() + 20
+    for job in small:
+        run_with_progress(
+            sessions, redis, job.id, started, Progress(done=1, total=10, start=0, began=began, at=began + 1000)
+        )
+    big = make_job(sessions, vram_mb=22000, gpus=2, time_limit_s=100000)
+
+    scheduler.tick()
+
+    assert [reload(sessions, job.id).gpu_indices for job in small] == [[0], [1]]
+    for job in small:
+        flag = redis.get(RUN_PREEMPT_KEY.format(job_id=job.id, attempt=1))
+        assert flag == f"to make room for job {big.id}, too big to share a GPU".encode()
+    [(reason, _)] = waiting_of(redis, [big.id]).values()
+    assert f"stopping jobs {small[0].id}, {small[1].id} on node-a GPUs 0, 1" in reason
+    assert scheduler.making_room == {big.id}
+
+
 @pytest.mark.parametrize(
     ("status", "done", "start", "at", "unsaved"),
     [
