@@ -238,7 +238,7 @@ def test_compute_cap_spreads_busy_jobs() -> None:
 
 def test_a_short_job_may_take_a_gpu_past_the_compute_cap() -> None:
     """The GPU runs at load 1.3 until 100,000 s. A 100 s job of util 0.5 would take it to 1.8, past the cap
-    of 1.7; slowed so, it runs 180 s, under SHORT_SHARE (0.005) of the 100,000 s to the end of the known work:
+    of 1.7; slowed so, it runs 180 s, under SHORT_SHARE (0.01) of the 100,000 s to the end of the known work:
     it starts. A 5,000 s one alike waits, as does a short one that would take the load past SHORT_LOAD (2.5).
     (Without the critical path here: the running job, most of the known work, would be protected, and no job
     may slow it past the cap.)"""
