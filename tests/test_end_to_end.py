@@ -108,9 +108,11 @@ def test_a_preempted_job_is_stopped_and_queued_again_without_using_a_retry(
     stops it and writes why in its log, and the job runs again as attempt 2 though it has no retries, as one
     that resumes from a checkpoint."""
     code = "import os, time; time.sleep(0 if os.environ['VRAMQ_ATTEMPT'] == '2' else 300)"
-    job_id, first = preempt_once(cluster, client, auth, code, why="to make room for job 7, too big to share a GPU")
+    job_id, first = preempt_once(
+        cluster, client, auth, code, why="to make room for job 7, which would otherwise end last"
+    )
 
-    assert "preempted to make room for job 7, too big to share a GPU: queued again (no retry used)" in first
+    assert "preempted to make room for job 7, which would otherwise end last: queued again (no retry used)" in first
     assert not cluster.redis.exists(RUN_PREEMPT_KEY.format(job_id=job_id, attempt=1))
 
 

@@ -518,6 +518,25 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []
 
 
+def test_a_critical_job_that_shares_a_gpu_also_makes_room_rather_than_wait() -> None:
+    """A 10000 MB job of 100000 s (it could share a GPU) fits nowhere before GPU 1's two checkpointed 8000 MB
+    jobs end at 20000 s, and waiting it would end long after every running job: it stops one of them, and
+    the one left beside it ends within half its run time. A 1000 s job alike waits: it is not critical."""
+    nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 8576, util=1.0)))]
+    running = [
+        RunningJob("a", (0,), 20000, util=0.5, expected_end=30000.0, job_id=10),
+        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=11, unsaved_s=300.0),
+        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=12, unsaved_s=300.0),
+    ]
+
+    decision = schedule([PendingJob(1, 10000, util=0.5, duration_s=100000)], nodes, now=0, running=running)
+
+    assert decision.preemptions == [Preemption(1, "a", 1, (11,))]
+    assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
+    short = schedule([PendingJob(1, 10000, util=0.5, duration_s=1000)], nodes, now=0, running=running)
+    assert short.preemptions == [] and short.waiting[1].kind == "memory"
+
+
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_a_big_job_of_two_gpus_makes_room_on_two_gpus_at_once(checkpointed: bool) -> None:
     """A job of 2 x 22000 MB and 100000 s would wait for GPUs 1 and 2 to drain at 20000 s and end long after

@@ -423,7 +423,7 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     assert reload(sessions, other.id).gpu_indices == [0] and reload(sessions, small.id).gpu_indices == [1]
     # The flag says what the stop is for: the worker writes it in the job's log.
     assert redis.get(RUN_PREEMPT_KEY.format(job_id=small.id, attempt=1)) == (
-        f"to make room for job {big.id}, too big to share a GPU".encode()
+        f"to make room for job {big.id}, which would otherwise end last".encode()
     )
     assert not redis.exists(RUN_PREEMPT_KEY.format(job_id=other.id, attempt=1))
     [(reason, _)] = waiting_of(redis, [big.id]).values()
@@ -461,7 +461,7 @@ def test_the_scheduler_makes_room_on_both_gpus_for_a_big_job_of_two(
     assert [reload(sessions, job.id).gpu_indices for job in small] == [[0], [1]]
     for job in small:
         flag = redis.get(RUN_PREEMPT_KEY.format(job_id=job.id, attempt=1))
-        assert flag == f"to make room for job {big.id}, too big to share a GPU".encode()
+        assert flag == f"to make room for job {big.id}, which would otherwise end last".encode()
     [(reason, _)] = waiting_of(redis, [big.id]).values()
     assert f"stopping jobs {small[0].id}, {small[1].id} on node-a GPUs 0, 1" in reason
     assert scheduler.making_room == {big.id}
@@ -542,7 +542,10 @@ def test_a_job_moved_out_of_a_big_jobs_way_is_told_it_made_room(
     with caplog.at_level(logging.INFO, logger="app.scheduler.loop"):
         scheduler._preempt([*relocated, Preemption(12, "node-a", 1, (12,))], active)
 
-    assert redis.get(RUN_PREEMPT_KEY.format(job_id=11, attempt=1)) == b"to make room for job 1, too big to share a GPU"
+    assert (
+        redis.get(RUN_PREEMPT_KEY.format(job_id=11, attempt=1))
+        == b"to make room for job 1, which would otherwise end last"
+    )
     assert redis.get(RUN_PREEMPT_KEY.format(job_id=12, attempt=2)) == b"to move to node-a GPU 1, where it ends sooner"
     assert "preempting jobs 11" in caplog.text and "moving job 11" not in caplog.text
     assert "moving job 12 to node-a GPU 1" in caplog.text

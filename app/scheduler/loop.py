@@ -189,10 +189,10 @@ class Scheduler:
         until they have: a flag already set stays as it is); each is then queued again by its worker."""
         attempts = {job.id: job.attempt for job in active}
         # What each stop is for, as the flag's value: the worker writes it in the job's log. A job stopped for a
-        # big one may also move (policy._room_on): making room is what it is for.
+        # critical one may also move (policy._room_on): making room is what it is for.
         rooms = {job_id: p.for_job for p in preemptions if not p.move for job_id in p.job_ids}
         why = {
-            job_id: f"to make room for job {rooms[job_id]}, too big to share a GPU"
+            job_id: f"to make room for job {rooms[job_id]}, which would otherwise end last"
             if job_id in rooms
             else f"to move to {p.node} GPU {p.gpu}, where it ends sooner"
             for p in preemptions

@@ -17,10 +17,10 @@ the same `schedule`, so what the benchmark measures is what runs.
   it (short jobs fill the slack beside critical ones; none delays the end). When every GPU with room now
   would have it share compute with a long job, and running jobs elsewhere end soon enough, it waits for
   them instead (a reservation).
-- Preemption: a critical job too big to share a GPU, whose reservation would have it end after every
-  running job, stops the small jobs of one GPU (of each GPU it needs, on one node) that have checkpointed
-  an epoch (Decision.preemptions), where they lose little since; they finish their epoch, are queued
-  again and resume from its checkpoint. The job they make room for is considered first from then on
+- Preemption: a critical job waiting for memory, whose reservation would have it end after every running
+  job, stops the jobs of one GPU (of each GPU it needs, on one node) that have checkpointed an epoch
+  (Decision.preemptions), where they lose little since; they finish their epoch, are queued again and
+  resume from its checkpoint. The job they make room for is considered first from then on
   (`making_room`), so that it gets the room. A long job stopped so is moved instead: it resumes at once
   on another GPU where it fits. A big job may stop another big one with under half its run time left,
   so that they end together.
@@ -60,8 +60,8 @@ from app.scheduler.state import (
 )
 
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
-PREEMPT_WAIT = 0.05  # a big critical job preempts only if it would wait this share of its run time or more
-PREEMPT_LEFT = 0.5  # nor stops a job with this share of the big job's run time or more still to run
+PREEMPT_WAIT = 0.05  # a critical job preempts only if it would wait this share of its run time or more
+PREEMPT_LEFT = 0.5  # nor stops a job with this share of the critical job's run time or more still to run
 PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the work it loses, or more
 MOVE_LAST = 0.99  # a job is moved off a GPU whose known work ends this close to the last end (of the time left)
 MOVE_GAIN = 0.02  # where that end comes sooner by this share of the time left
@@ -222,8 +222,8 @@ def schedule(
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
     if config.preempt and critical:
-        big = [p for p in pending if p.id in critical and 2 * p.vram_mb > capacity]
-        decision.preemptions = preemptions(cluster, big, running, decision.waiting, now, config.compute_cap)
+        urgent = [p for p in pending if p.id in critical]
+        decision.preemptions = preemptions(cluster, urgent, running, decision.waiting, now, config.compute_cap)
     if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
@@ -292,29 +292,29 @@ def _movable(job: RunningJob, cluster: Cluster, stopped: set[int]) -> bool:
 
 def preemptions(
     cluster: Cluster,
-    big: Sequence[PendingJob],
+    critical: Sequence[PendingJob],
     running: Sequence[RunningJob],
     waiting: dict[int, Wait],
     now: float,
     cap: float | None = None,
 ) -> list[Preemption]:
-    """Room for critical jobs too big to share a GPU, made by stopping jobs that resume from their last
-    epoch checkpoint, where waiting for room would set a new end: the job's reservation starts so late
-    that it would end after every running job. Only jobs with a checkpoint are stopped; one with as much
-    as half the big job's run time left (it would soon give the room back anyway) only if it can resume
-    at once on another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the big
-    one must end within that half (else it would rather wait than share their compute). That
-    may be another big job: of two that cannot share a GPU, the one with less left gives way, so that the
-    big jobs end together rather than one after another (preemptive scheduling's longest remaining work
+    """Room for critical jobs waiting for memory, made by stopping jobs that resume from their last epoch
+    checkpoint, where waiting for room would set a new end: the job's reservation starts so late that it
+    would end after every running job. Only jobs with a checkpoint are stopped; one with as much as half
+    the critical job's run time left (it would soon give the room back anyway) only if it can resume at
+    once on another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the critical
+    one must end within that half (else it would rather wait than share their compute). That may be
+    another big job: of two that cannot share a GPU, the one with less left gives way, so that the big
+    jobs end together rather than one after another (preemptive scheduling's longest remaining work
     first; the one that gave way can in turn stop only a job with less than half its own time left). And
-    only where the work they lose (since their checkpoints) is small beside the wait saved; the
-    fewest megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch)
-    cost nothing more: a GPU they make room on stays the choice while they stop. A job of N GPUs has room
-    made on N GPUs of one node at once (one Preemption per GPU with jobs to stop)."""
+    only where the work they lose (since their checkpoints) is small beside the wait saved; the fewest
+    megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch) cost
+    nothing more: a GPU they make room on stays the choice while they stop. A job of N GPUs has room made
+    on N GPUs of one node at once (one Preemption per GPU with jobs to stop)."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
-    for job in sorted(big, key=lambda p: (-(p.duration_s or 0), p.id)):
+    for job in sorted(critical, key=lambda p: (-(p.duration_s or 0), p.id)):
         wait = waiting.get(job.id)
         if job.duration_s is None or wait is None or wait.kind not in ("memory", "held"):
             continue

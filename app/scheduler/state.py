@@ -70,8 +70,8 @@ class PolicyConfig:
     backfill: bool = True  # False: strict order, the first job that cannot start blocks the rest
     compute_cap: float | None = 1.7  # expected compute load a GPU may reach (tuned: bench/targets.py --set)
     critical_share: float | None = 0.9  # jobs this long relative to the packed work ahead start first
-    # A critical job too big to share a GPU may preempt checkpointed small jobs, and a checkpointed job on the
-    # GPU that would end last may be moved to one that drains sooner (policy.moves).
+    # A critical job waiting for memory may preempt checkpointed jobs, and a checkpointed job on the GPU that
+    # would end last may be moved to one that drains sooner (policy.moves).
     preempt: bool = True
     quotas: Quotas = Quotas()
 
