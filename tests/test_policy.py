@@ -485,6 +485,20 @@ def test_the_room_a_preemption_made_goes_to_the_job_it_was_made_for() -> None:
     assert [p.job_id for p in schedule([big, stopped], nodes, now=0, making_room={1}).placements] == [1]
 
 
+def test_the_room_made_for_a_job_goes_to_it_before_a_job_moved_out_of_its_way() -> None:
+    """GPU 1's jobs were stopped for job 1 (21,929 MB); job 2, one of them and the longer, was moved to resume on
+    GPU 0. Both are queued again, making room: the larger request goes first, so job 2 does not take GPU 1
+    back (seed 29 at 1.6 did so: a room made and lost)."""
+    big = PendingJob(1, 21929, util=0.855, duration_s=98310)
+    moved = PendingJob(2, 12331, util=0.174, duration_s=99331)
+    nodes = [NodeState("a", 8, (GpuState(0, 21589, util=0.88), GpuState(1, 24576)))]
+    running = [RunningJob("a", (0,), 2987, util=0.88, expected_end=80000.0, job_id=10)]
+
+    placements = schedule([big, moved], nodes, now=0, running=running, making_room={1, 2}).placements
+
+    assert sorted((p.job_id, p.gpu_indices) for p in placements) == [(1, (1,)), (2, (0,))]
+
+
 def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rather_than_wait() -> None:
     """A 22000 MB job of 100000 s fits on neither 24000 MB GPU before t=20000, when GPU 1's two small jobs
     end; waiting, it would end at 120000, long after every running job (30000). So it stops GPU 1's jobs,

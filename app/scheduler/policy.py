@@ -196,13 +196,16 @@ def schedule(
         decision.waiting[job.id] = cluster.waits[key]
         return False
 
-    # Jobs making room first, then those too big to share a GPU (they need one of their own; the others fit
-    # beside other jobs), then the longest.
+    # Jobs making room first, the largest request first: the room made for one that fitted nowhere goes to it,
+    # not to a job moved out of its way (which fits elsewhere). Then those too big to share a GPU (they need one
+    # of their own; the others fit beside other jobs), then the longest.
+    def urgency(p: PendingJob) -> tuple:
+        if p.id in making_room:
+            return (0, -p.vram_mb, p.id)
+        return (1, 2 * p.vram_mb <= capacity, -(p.duration_s or 0), p.id)
+
     ahead = critical | {p.id for p in pending if p.id in making_room}
-    for job in sorted(
-        (p for p in pending if p.id in ahead),
-        key=lambda p: (p.id not in making_room, 2 * p.vram_mb <= capacity, -(p.duration_s or 0), p.id),
-    ):
+    for job in sorted((p for p in pending if p.id in ahead), key=urgency):
         consider(job)
     rest = [p for p in pending if p.id not in ahead]
     heap: list[tuple[float, tuple[int, float, int], int, deque[PendingJob]]] = []
