@@ -291,6 +291,15 @@ def run_with_progress(
     progress.publish(redis, job_id, 1, report)
 
 
+def run_checkpointed(sessions: sessionmaker[Session], redis: Redis, jobs: list[Job]) -> None:
+    """Each dispatched job's first attempt started 1200 s ago, and its first epoch (1000 s) is checkpointed."""
+    started = utcnow() - timedelta(seconds=1200)
+    began = started.timestamp() + 20
+    for job in jobs:
+        report = Progress(done=1, total=10, start=0, began=began, at=began + 1000)
+        run_with_progress(sessions, redis, job.id, started, report)
+
+
 def test_a_running_jobs_training_progress_dates_its_end_before_its_time_limit(
     scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
 ) -> None:
@@ -448,12 +457,7 @@ def test_the_scheduler_makes_room_on_both_gpus_for_a_big_job_of_two(
     for vram_mb in (13000, 12000):
         small.append(make_job(sessions, vram_mb=vram_mb, time_limit_s=10000))
         scheduler.tick()
-    started = utcnow() - timedelta(seconds=1200)
-    began = started.timestamp() + 20
-    for job in small:
-        run_with_progress(
-            sessions, redis, job.id, started, Progress(done=1, total=10, start=0, began=began, at=began + 1000)
-        )
+    run_checkpointed(sessions, redis, small)
     big = make_job(sessions, vram_mb=22000, gpus=2, time_limit_s=100000)
 
     scheduler.tick()
@@ -501,12 +505,8 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
     publish_node(redis, sizes=(24576, 24576))
     pair = [make_job(sessions, vram_mb=5000, time_limit_s=100000) for _ in range(2)]
     scheduler.tick()
-    started = utcnow() - timedelta(seconds=1200)
-    began = started.timestamp() + 20
+    run_checkpointed(sessions, redis, pair)
     for job in pair:
-        run_with_progress(
-            sessions, redis, job.id, started, Progress(done=1, total=10, start=0, began=began, at=began + 1000)
-        )
         progress.publish_load(redis, job.id, 1, 0.95)
     make_job(sessions, vram_mb=5000)
 
