@@ -225,8 +225,8 @@ def schedule(
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
     if config.preempt and critical:
-        urgent = [p for p in pending if p.id in critical]
-        decision.preemptions = preemptions(cluster, urgent, running, decision.waiting, now, config.compute_cap)
+        queued_critical = [p for p in pending if p.id in critical]
+        decision.preemptions = preemptions(cluster, queued_critical, running, decision.waiting, now, config.compute_cap)
     if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
@@ -326,8 +326,8 @@ def preemptions(
             continue
         best: tuple[tuple[int, float], list[Preemption], list[Preemption]] | None = None
         for name, node in cluster.nodes.items():
-            free = [(name, gpu.index) for gpu in node.gpus if (name, gpu.index) not in taken]
-            for keys in combinations(free, job.gpus):
+            untaken = [(name, gpu.index) for gpu in node.gpus if (name, gpu.index) not in taken]
+            for keys in combinations(untaken, job.gpus):
                 found = _room_on(cluster, keys, job, now, cap, taken)
                 if found is None:
                     continue
