@@ -551,6 +551,27 @@ def test_a_critical_job_that_shares_a_gpu_also_makes_room_rather_than_wait() -> 
     assert short.preemptions == [] and short.waiting[1].kind == "memory"
 
 
+@pytest.mark.parametrize(("other_gpu_frees_at", "stops"), [(1500.0, False), (5000.0, True)])
+def test_no_job_is_stopped_for_a_critical_job_that_would_still_rather_wait(
+    other_gpu_frees_at: float, stops: bool
+) -> None:
+    """A 12000 MB job of 20000 s fits nowhere before GPU 1 frees. Stopping GPU 0's checkpointed job would make
+    room beside a busy job (util 1.0, 4000 s left), where it would end at 23200 s: where GPU 1 frees at 1500 s,
+    it would rather wait for it (21500 s), so stopping that job would lose its work for nothing. Where GPU 1
+    frees at 5000 s (25000 s), the room beside the busy job is worth making."""
+    nodes = [NodeState("a", 8, (GpuState(0, 2576, util=1.2), GpuState(1, 4576, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 8000, util=1.0, expected_end=4000.0, job_id=10, unsaved_s=300.0),
+        RunningJob("a", (0,), 14000, util=0.2, expected_end=3000.0, job_id=11, unsaved_s=300.0),
+        RunningJob("a", (1,), 20000, util=0.5, expected_end=other_gpu_frees_at, job_id=12),
+    ]
+
+    decision = schedule([PendingJob(1, 12000, util=0.8, duration_s=20000)], nodes, now=0, running=running)
+
+    assert decision.preemptions == ([Preemption(1, "a", 0, (11,))] if stops else [])
+    assert decision.waiting[1].kind == ("preempting" if stops else "memory")
+
+
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_a_big_job_of_two_gpus_makes_room_on_two_gpus_at_once(checkpointed: bool) -> None:
     """A job of 2 x 22000 MB and 100000 s would wait for GPUs 1 and 2 to drain at 20000 s and end long after

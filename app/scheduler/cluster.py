@@ -1,10 +1,10 @@
 """One decision's working copy of the cluster, charged as placements are made, and the reservations in
 time that backfill must respect (see policy.py)."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from app.scheduler.state import NodeState, PendingJob, Placement, RunningJob, Wait
+from app.scheduler.state import GpuState, NodeState, PendingJob, Placement, RunningJob, Wait
 
 # A job short beside the known work may take a GPU past the compute cap, up to SHORT_LOAD, where, slowed by
 # the load there, it runs SHORT_SHARE of the time to the projected end of all known work or less: it slows
@@ -57,6 +57,21 @@ class Cluster:
                     self._add_work((job.node, index), job.expected_end, left, job.util)
         self.finish = {k: finish_time(now, self.work[k], self.background[k]) for k in self.free}
         self.horizon = max(self.finish.values(), default=now)
+
+    def without(self, gone: Collection[RunningJob], now: float) -> "Cluster":
+        """A fresh copy as the next decision would see it once the `gone` jobs have stopped (to judge a
+        preemption before it is made)."""
+        leaving = {id(job) for job in gone}
+        nodes = []
+        for name, node in self.nodes.items():
+            gpus = []
+            for gpu in node.gpus:
+                freed = [job for job in gone if job.node == name and gpu.index in job.gpu_indices]
+                free = self.free[name, gpu.index] + sum(job.vram_mb for job in freed)
+                gpus.append(GpuState(gpu.index, free, self.util[name, gpu.index] - sum(job.util for job in freed)))
+            slots = self.slots[name] + sum(job.node == name for job in gone)
+            nodes.append(NodeState(name, slots, tuple(gpus)))
+        return Cluster(nodes, [job for job in self.running if id(job) not in leaving], now)
 
     def _add_work(self, key: tuple[str, int], end: float | None, left: float, util: float) -> None:
         """A job on the GPU: known work (`left` solo seconds, ending at `end`), or with `end` unknown, a load

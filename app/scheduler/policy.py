@@ -19,11 +19,11 @@ the same `schedule`, so what the benchmark measures is what runs.
   them instead (a reservation).
 - Preemption: a critical job waiting for memory, whose reservation would have it end after every running
   job, stops the jobs of one GPU (of each GPU it needs, on one node) that have checkpointed an epoch
-  (Decision.preemptions), where they lose little since; they finish their epoch, are queued again and
-  resume from its checkpoint. The job they make room for is considered first from then on
-  (`making_room`), so that it gets the room. A long job stopped so is moved instead: it resumes at once
-  on another GPU where it fits. A big job may stop another big one with under half its run time left,
-  so that they end together.
+  (Decision.preemptions), where they lose little since and the job would start in the room at once; they
+  finish their epoch, are queued again and resume from its checkpoint. The job they make room for is
+  considered first from then on (`making_room`), so that it gets the room. A long job stopped so is moved
+  instead: it resumes at once on another GPU where it fits. A big job may stop another big one with under
+  half its run time left, so that they end together.
 - Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
   packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
@@ -310,8 +310,9 @@ def preemptions(
     another big job: of two that cannot share a GPU, the one with less left gives way, so that the big
     jobs end together rather than one after another (preemptive scheduling's longest remaining work
     first; the one that gave way can in turn stop only a job with less than half its own time left). And
-    only where the work they lose (since their checkpoints) is small beside the wait saved; the fewest
-    megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch) cost
+    only where the work they lose (since their checkpoints) is small beside the wait saved, and where the job
+    would then start at once, not still rather wait for a GPU that drains soon than share one (`_deferred`);
+    the fewest megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch) cost
     nothing more: a GPU they make room on stays the choice while they stop. A job of N GPUs has room made
     on N GPUs of one node at once (one Preemption per GPU with jobs to stop)."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
@@ -324,7 +325,7 @@ def preemptions(
         start = wait.estimated_start
         if start is None or start - now < PREEMPT_WAIT * job.duration_s or start + job.duration_s <= last:
             continue
-        best: tuple[tuple[int, float], list[Preemption], list[Preemption]] | None = None
+        best: tuple[tuple[int, float], list[Preemption], list[Preemption], list[RunningJob]] | None = None
         for name, node in cluster.nodes.items():
             untaken = [(name, gpu.index) for gpu in node.gpus if (name, gpu.index) not in taken]
             for keys in combinations(untaken, job.gpus):
@@ -340,9 +341,9 @@ def preemptions(
                         Preemption(job.id, key[0], key[1], tuple(r.job_id for r in on if r.job_id is not None))
                         for key, on in victims.items()
                     ]
-                    best = (cost, rooms, relocations)
-        if best is not None:
-            _, rooms, relocations = best
+                    best = (cost, rooms, relocations, [r for on in victims.values() for r in on])
+        if best is not None and not _deferred(cluster, job, best[3], now, cap):
+            _, rooms, relocations, _ = best
             chosen += [*rooms, *relocations]
             taken.update((p.node, p.gpu) for p in [*rooms, *relocations])
             stopped = ", ".join(str(i) for p in rooms for i in p.job_ids)
@@ -354,6 +355,14 @@ def preemptions(
                 "preempting",
             )
     return chosen
+
+
+def _deferred(cluster: Cluster, job: PendingJob, gone: list[RunningJob], now: float, cap: float | None) -> bool:
+    """Whether the critical `job` would still wait once the `gone` jobs have stopped, for a GPU rather than
+    share one (`sooner_later`): then stopping them would lose their work for nothing."""
+    after = cluster.without(gone, now)
+    placement = after.best_fit(job, cap, now, critical=True)
+    return placement is None or sooner_later(after, job, placement, now) is not None
 
 
 def _room_on(

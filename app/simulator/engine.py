@@ -85,6 +85,16 @@ class Waiting:
 
 
 @dataclass
+class Room:
+    """Where and when room was made for a queued job (it preempted others, or it is moved), until it starts."""
+
+    node: int
+    gpus: set[int]  # a job of N GPUs has N rooms made at once
+    made: float
+    move: bool
+
+
+@dataclass
 class Result:
     attempts: list[Attempt] = field(default_factory=list)
     first_start: dict[int, float] = field(default_factory=dict)
@@ -132,9 +142,8 @@ class Simulation:
         self.waiting: list[Waiting] = []
         self.now = 0.0
         self.measured: set[tuple[str, int, int]] = set()  # fingerprints of the jobs that have started
-        # Jobs that preempted others or were moved, not started since (policy.schedule's making_room): the node,
-        # GPUs and moment of the room made for each, and whether it is a move.
-        self.room: dict[int, tuple[int, set[int], float, bool]] = {}
+        # Jobs that preempted others or were moved, not started since (policy.schedule's making_room).
+        self.room: dict[int, Room] = {}
         self.lacking: dict[int, tuple[float, str]] = {}  # queued job -> (since, what the last decision said)
 
     # --- state ------------------------------------------------------------------------------------
@@ -220,8 +229,10 @@ class Simulation:
             else:
                 self.result.rooms_made += 1
             room = self.room.get(preemption.for_job)
-            gpus = room[1] if room is not None and room[2] == self.now else set()  # a job of N GPUs: N rooms at once
-            self.room[preemption.for_job] = (int(preemption.node), gpus | {preemption.gpu}, self.now, preemption.move)
+            gpus = room.gpus if room is not None and room.made == self.now else set()  # a job of N GPUs: N at once
+            self.room[preemption.for_job] = Room(
+                int(preemption.node), gpus | {preemption.gpu}, self.now, preemption.move
+            )
             for a in [a for a in list(self.running) if a.index in preemption.job_ids]:
                 self._end(a, "preempted")
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
@@ -262,10 +273,9 @@ class Simulation:
             waiting.preempted,
         )
         self.running.append(attempt)
-        if waiting.index in self.room:
-            room_node, room_gpus, made, move = self.room.pop(waiting.index)
-            if not move and room_node == node and self.now <= made + EPS:
-                self.result.rooms_taken += len(room_gpus & set(gpus))
+        room = self.room.pop(waiting.index, None)
+        if room is not None and not room.move and room.node == node and self.now <= room.made + EPS:
+            self.result.rooms_taken += len(room.gpus & set(gpus))
         for gpu in gpus:
             self.on[node, gpu].append(attempt)
         self.result.attempts.append(attempt)
