@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.constants import RUN_LOG_KEEP_BYTES, RUN_LOG_MAX_BYTES, RUN_LOG_TTL_S, RUN_PREEMPT_KEY
@@ -229,6 +230,35 @@ def test_oom_is_classified_and_retried(cluster: Cluster, client: TestClient, aut
     assert "second attempt fine" in client.get(f"/api/v1/jobs/{job['id']}/logs", headers=auth).text
     first = client.get(f"/api/v1/jobs/{job['id']}/logs?attempt=1", headers=auth).text
     assert "ResourceExhaustedError" in first
+
+
+def test_an_oom_grows_the_queued_jobs_alike_before_they_run(
+    settings: Settings, sessions: sessionmaker[Session], redis: Redis, client: TestClient, auth: dict[str, str]
+) -> None:
+    """A sweep submitted with too small a request: once its first job runs out of memory, the queued jobs with
+    the same command ask for its grown request and each runs once, instead of each failing in turn. A job
+    with another command keeps its request."""
+    code = (
+        "import os, sys\n"
+        "if int(os.environ['VRAMQ_VRAM_MB']) < 1500:\n"
+        "    sys.exit('tensorflow.python.framework.errors_impl.ResourceExhaustedError: OOM when allocating tensor')\n"
+    )
+    cluster = Cluster(settings, sessions, redis)
+    cluster.thread.start()
+    try:
+        cluster.start_node(slots=1)  # one job at a time: the first runs while the others wait
+        sweep = [submit(client, auth, command=py(code), max_retries=1)["id"] for _ in range(3)]
+        other = submit(client, auth, command=py("print('other')"))["id"]
+
+        done = {job_id: cluster.wait(job_id) for job_id in [*sweep, other]}
+    finally:
+        cluster.close()
+
+    assert all(job.status is JobStatus.SUCCEEDED for job in done.values())
+    first, *alike = sweep
+    assert (done[first].attempt, done[first].vram_mb) == (2, 1500)
+    assert [(done[i].attempt, done[i].vram_mb) for i in alike] == [(1, 1500), (1, 1500)]
+    assert (done[other].attempt, done[other].vram_mb) == (1, 1000)
 
 
 def test_failure_without_retries_is_final(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:

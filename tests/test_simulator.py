@@ -253,6 +253,22 @@ def test_oom_retries_grow_the_request_under_a_ledger() -> None:
     assert [(a.request_mb, a.outcome) for a in result.attempts] == [(4000, "oom"), (6000, "oom"), (9000, "succeeded")]
 
 
+def test_an_oom_grows_the_queued_jobs_alike_under_a_ledger() -> None:
+    """Three jobs alike (one user, one request: a sweep's fingerprint) need 13000 MB but ask for 12000: two start
+    and run out of memory; the third, queued then, asks for their grown request and runs once. Another user's
+    job of that request keeps it (it fits its peak)."""
+    sweep = [TraceJob(f"s{i}", 0.0, "a", 12000, 13000, 100.0, 0.5) for i in range(3)]
+    other = TraceJob("o", 1.0, "b", 12000, 11000, 100.0, 0.5)
+    result = Simulation([*sweep, other], [24576], policy="vramq").run()
+
+    attempts = {job.job_id: [] for job in [*sweep, other]}
+    for attempt in result.attempts:
+        attempts[attempt.job.job_id].append((attempt.request_mb, attempt.outcome))
+    assert attempts["s0"] == attempts["s1"] == [(12000, "oom"), (18000, "succeeded")]
+    assert attempts["s2"] == [(18000, "succeeded")]
+    assert attempts["o"] == [(12000, "succeeded")]
+
+
 def finishing(sim: Simulation, seconds: int = 20) -> Result:
     """sim.run(), failing the test instead of hanging if the clock stops advancing."""
 

@@ -373,6 +373,12 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             peak_vram_mb=attempt.peak_mb or None,
             next_vram_mb=next_vram_mb,
         )
+        if reached is not None and next_vram_mb is not None:
+            alike = sizing.grow_alike(session, job, next_vram_mb)
+            if alike:
+                log.info(
+                    "job %s ran out of memory: its queued jobs alike %s now ask for %s MB", job.id, alike, next_vram_mb
+                )
         if reached is not None and attempt.utils:
             session.execute(
                 update(Run)

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Run
+from app.db.models import Job, Run
+from app.db.session import lock_ledger
 from app.enums import JobStatus
 
 # A right-sized request is the 95th percentile of past peaks plus this much headroom: allocator
@@ -108,6 +109,30 @@ def grown_request(vram_mb: int, largest_mb: int | None) -> int:
     """The request of the attempt after an OOM: x1.5, rounded up, capped at the largest GPU."""
     grown = math.ceil(vram_mb * OOM_GROWTH)
     return max(vram_mb, min(grown, largest_mb)) if largest_mb else grown
+
+
+def grow_alike(session: Session, job: Job, vram_mb: int) -> list[int]:
+    """After `job` ran out of memory inside its request, the queued jobs of its fingerprint (same user, command
+    and script, as many GPUs) that ask for as much or less would too: they ask for `vram_mb`, its next request,
+    instead of each failing in turn (a sweep submitted with too small a request). Their ids.
+
+    Under the ledger lock: a queued job's request is what the scheduler reserves for it when it dispatches."""
+    if job.fingerprint is None:
+        return []
+    lock_ledger(session)
+    grown = session.scalars(
+        update(Job)
+        .where(
+            Job.fingerprint == job.fingerprint,
+            Job.status == JobStatus.QUEUED,
+            Job.id != job.id,
+            Job.gpus == job.gpus,
+            Job.vram_mb <= job.vram_mb,
+        )
+        .values(vram_mb=vram_mb)
+        .returning(Job.id)
+    )
+    return sorted(grown)
 
 
 def per_gpu_room(sizes_mb: Sequence[int], gpus: int) -> int | None:

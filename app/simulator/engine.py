@@ -3,9 +3,10 @@
 Between events every rate is constant: a job on GPUs whose summed utilisation is U > 1 progresses at
 1/U (processor sharing); its memory grows linearly to its peak over the first 10% of its work.
 Policies `vramq` and `fifo-ledger` reserve requests in a ledger and cap each job at its request (a job
-whose peak is larger fails `oom` when it reaches its cap and retries with 1.5x); `exclusive` gives each
-job whole GPUs; `free-memory` starts a job when measured free memory covers its request, without a
-ledger or caps, so jobs that grow into each other are killed by OOM. Under every policy a job that no
+whose peak is larger fails `oom` when it reaches its cap and retries with 1.5x, and the queued jobs of
+its fingerprint ask as much); `exclusive` gives each job whole GPUs; `free-memory` starts a job when
+measured free memory covers its request, without a ledger or caps, so jobs that grow into each other are
+killed by OOM. Under every policy a job that no
 node could hold even idle (more GPUs than a node has, or a request larger than its GPUs) is refused when
 it arrives, as the live intake refuses it (VramUnsatisfiable): it waits for nothing and blocks no queue.
 
@@ -307,6 +308,16 @@ class Simulation:
             self.waiting.append(Waiting(attempt.index, job, request, attempt.number + 1))
         else:
             self.result.finished[attempt.index] = (self.now, False)
+        if outcome == "oom" and self.policy in CONFIGS:
+            self._grow_alike(attempt)
+
+    def _grow_alike(self, attempt: Attempt) -> None:
+        """Queued jobs of the attempt's fingerprint that ask as little would run out of memory alike: they ask
+        for its grown request too (as the live worker grows them: sizing.grow_alike)."""
+        grown = grown_request(attempt.request_mb, max(self.sizes))
+        for waiting in self.waiting:
+            if _fingerprint(waiting.job) == _fingerprint(attempt.job) and waiting.request_mb <= attempt.request_mb:
+                waiting.request_mb = grown
 
     def holdable(self, job: TraceJob) -> bool:
         """Whether an idle node could take the job: `gpus` of its GPUs each as large as the request."""
