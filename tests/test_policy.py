@@ -547,6 +547,11 @@ def test_a_critical_job_that_shares_a_gpu_also_makes_room_rather_than_wait() -> 
 
     assert decision.preemptions == [Preemption(1, "a", 1, (11,))]
     assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
+    # The job left beside it need not have a checkpoint: it is not stopped, only soon gone.
+    beside = [*running[:2], replace(running[2], unsaved_s=None)]
+    assert schedule([PendingJob(1, 10000, util=0.5, duration_s=100000)], nodes, now=0, running=beside).preemptions == [
+        Preemption(1, "a", 1, (11,))
+    ]
     short = schedule([PendingJob(1, 10000, util=0.5, duration_s=1000)], nodes, now=0, running=running)
     assert short.preemptions == [] and short.waiting[1].kind == "memory"
 
@@ -561,7 +566,7 @@ def test_no_job_is_stopped_for_a_critical_job_that_would_still_rather_wait(
     frees at 5000 s (25000 s), the room beside the busy job is worth making."""
     nodes = [NodeState("a", 8, (GpuState(0, 2576, util=1.2), GpuState(1, 4576, util=0.5)))]
     running = [
-        RunningJob("a", (0,), 8000, util=1.0, expected_end=4000.0, job_id=10, unsaved_s=300.0),
+        RunningJob("a", (0,), 8000, util=1.0, expected_end=4000.0, job_id=10),
         RunningJob("a", (0,), 14000, util=0.2, expected_end=3000.0, job_id=11, unsaved_s=300.0),
         RunningJob("a", (1,), 20000, util=0.5, expected_end=other_gpu_frees_at, job_id=12),
     ]

@@ -400,7 +400,7 @@ def _room_on(
             stopped.append(r)
             free += r.vram_mb
         # Those left beside it end within half its run time (else it would rather wait than share their compute).
-        if free < job.vram_mb or not all(_preemptible(r, job, now) for r in on if r not in stopped):
+        if free < job.vram_mb or not all(_ends_soon(r, job, now) for r in on if r not in stopped):
             return None
         if stopped:
             victims[key] = stopped
@@ -419,13 +419,19 @@ def _relocation(
 
 
 def _preemptible(victim: RunningJob, job: PendingJob, now: float) -> bool:
-    assert job.duration_s is not None
     return victim.stopping or (
         victim.unsaved_s is not None
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1
-        and victim.expected_end is not None
-        and victim.expected_end - now < PREEMPT_LEFT * job.duration_s
+        and _ends_soon(victim, job, now)
+    )
+
+
+def _ends_soon(running: RunningJob, job: PendingJob, now: float) -> bool:
+    """Whether the running job ends (or stops) within PREEMPT_LEFT of `job`'s run time."""
+    assert job.duration_s is not None
+    return running.stopping or (
+        running.expected_end is not None and running.expected_end - now < PREEMPT_LEFT * job.duration_s
     )
 
 
