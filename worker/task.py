@@ -363,6 +363,8 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
     if reason is FailureReason.OOM:
         next_vram_mb = sizing.grown_request(job.vram_mb, _largest_gpu_mb(ctx))
     with transaction(ctx.sessions) as session:
+        # Before any job row is written: it takes the ledger lock, which the scheduler takes before its rows.
+        alike = sizing.grow_alike(session, job, next_vram_mb) if next_vram_mb is not None else []
         reached = transitions.finish(
             session,
             job,
@@ -373,12 +375,6 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             peak_vram_mb=attempt.peak_mb or None,
             next_vram_mb=next_vram_mb,
         )
-        if reached is not None and next_vram_mb is not None:
-            alike = sizing.grow_alike(session, job, next_vram_mb)
-            if alike:
-                log.info(
-                    "job %s ran out of memory: its queued jobs alike %s now ask for %s MB", job.id, alike, next_vram_mb
-                )
         if reached is not None and attempt.utils:
             session.execute(
                 update(Run)
@@ -387,6 +383,8 @@ def _record_end(ctx: WorkerContext, job: Job, attempt: Attempt, exit_code: int) 
             )
         if reached is JobStatus.SUCCEEDED:
             _register_models(session, job, attempt)
+    if alike:
+        log.info("job %s ran out of memory: its queued jobs alike %s now ask for %s MB", job.id, alike, next_vram_mb)
     if reached is JobStatus.QUEUED and reason is FailureReason.PREEMPTED:
         progress.keep_left(ctx.redis, job.id, attempt.output_dir)
         _note(attempt, f"preempted {attempt.preempted_for}: queued again (no retry used)")

@@ -116,7 +116,9 @@ def grow_alike(session: Session, job: Job, vram_mb: int) -> list[int]:
     and script, as many GPUs) that ask for as much or less would too: they ask for `vram_mb`, its next request,
     instead of each failing in turn (a sweep submitted with too small a request). Their ids.
 
-    Under the ledger lock: a queued job's request is what the scheduler reserves for it when it dispatches."""
+    Under the ledger lock (a queued job's request is what the scheduler reserves when it dispatches it), taken
+    here: call it before writing any job row in the transaction, as the scheduler locks the ledger before its
+    rows."""
     if job.fingerprint is None:
         return []
     lock_ledger(session)
