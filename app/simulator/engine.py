@@ -194,8 +194,9 @@ class Simulation:
                 a.job.util,
                 self.now + (a.job.duration_s - a.done) / rates[id(a)],
                 a.index,
-                # Once it has a checkpoint (an epoch done, here or before it resumed), a stop loses an epoch.
-                PREEMPTION_LOSS_S if a.done >= PREEMPTION_LOSS_S else None,
+                # Once it has a checkpoint (an epoch done, here or before it resumed), a stop loses an epoch, or
+                # only what it did since it resumed from one.
+                _unsaved(a) if a.done >= PREEMPTION_LOSS_S else None,
                 resumed=a.preempted > 0,
             )
             for a in self.running
@@ -297,7 +298,7 @@ class Simulation:
             self.result.finished[attempt.index] = (self.now, True)
         elif outcome == "preempted":
             self.result.preemptions += 1
-            done = max(0.0, attempt.done - PREEMPTION_LOSS_S)
+            done = attempt.done - _unsaved(attempt)
             self.waiting.append(
                 Waiting(attempt.index, job, attempt.request_mb, attempt.number + 1, done, attempt.preempted + 1)
             )
@@ -407,8 +408,9 @@ class Simulation:
                 else:
                     self.result.refused.append(index)
             # Again at once after preemptions, for the jobs they made room for (which may preempt in turn), as
-            # the live loop does a second later. Bounded for safety: each pass that preempts stops a running job.
-            for _ in range(len(self.running) + 1):
+            # the live loop does a second later. Bounded for safety (each pass that preempts stops a running job, and
+            # a job stopped may start again and be stopped in turn), but never before a cascade of rooms is placed.
+            for _ in range(len(self.running) + len(self.waiting) + 1):
                 preempted = self.result.preemptions
                 if self.waiting:
                     for waiting, node, gpus in self._decide():
@@ -443,6 +445,11 @@ def _planned(w: Waiting, known: Estimates) -> tuple[float, bool]:
     if w.done and left < planned:
         return left, False
     return planned, known.limit_factor is not None
+
+
+def _unsaved(attempt: Attempt) -> float:
+    """The work a stop loses: an epoch, or what the attempt did since the checkpoint it resumed from."""
+    return min(PREEMPTION_LOSS_S, attempt.done - attempt.resumed)
 
 
 def _fingerprint(job: TraceJob) -> tuple[str, int, int]:
