@@ -342,18 +342,21 @@ def preemptions(
                         for key, on in victims.items()
                     ]
                     best = (cost, rooms, relocations, [r for on in victims.values() for r in on])
-        if best is not None and not _deferred(cluster, job, best[3], now, cap):
-            _, rooms, relocations, _ = best
-            chosen += [*rooms, *relocations]
-            taken.update((p.node, p.gpu) for p in [*rooms, *relocations])
-            stopped = ", ".join(str(i) for p in rooms for i in p.job_ids)
-            where = f"{rooms[0].node} GPU{'s' if len(rooms) > 1 else ''} {', '.join(str(p.gpu) for p in rooms)}"
-            waiting[job.id] = Wait(
-                f"{wait.reason}; stopping jobs {stopped} on {where} to make room "
-                "(they stop at the end of their epoch and resume from its checkpoint)",
-                None,
-                "preempting",
-            )
+        if best is None:
+            continue
+        _, rooms, relocations, gone = best
+        if _deferred(cluster, job, gone, now, cap):
+            continue
+        chosen += [*rooms, *relocations]
+        taken.update((p.node, p.gpu) for p in [*rooms, *relocations])
+        stopped = ", ".join(str(i) for p in rooms for i in p.job_ids)
+        where = f"{rooms[0].node} GPU{'s' if len(rooms) > 1 else ''} {', '.join(str(p.gpu) for p in rooms)}"
+        waiting[job.id] = Wait(
+            f"{wait.reason}; stopping jobs {stopped} on {where} to make room "
+            "(they stop at the end of their epoch and resume from its checkpoint)",
+            None,
+            "preempting",
+        )
     return chosen
 
 

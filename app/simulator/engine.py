@@ -6,9 +6,9 @@ Policies `vramq` and `fifo-ledger` reserve requests in a ledger and cap each job
 whose peak is larger fails `oom` when it reaches its cap and retries with 1.5x, and the queued jobs of
 its fingerprint ask as much); `exclusive` gives each job whole GPUs; `free-memory` starts a job when
 measured free memory covers its request, without a ledger or caps, so jobs that grow into each other are
-killed by OOM. Under every policy a job that no
-node could hold even idle (more GPUs than a node has, or a request larger than its GPUs) is refused when
-it arrives, as the live intake refuses it (VramUnsatisfiable): it waits for nothing and blocks no queue.
+killed by OOM. Under every policy a job that no node could hold even idle (more GPUs than a node has, or a
+request larger than its GPUs) is refused when it arrives, as the live intake refuses it
+(VramUnsatisfiable): it waits for nothing and blocks no queue.
 
 What the ledger policies are told about a queued job is set by `Estimates`: by default the trace's own
 utilisation and run time, as if each job's history predicted it exactly. Running jobs' loads and ends
@@ -409,7 +409,7 @@ class Simulation:
                     self.result.refused.append(index)
             # Again at once after preemptions, for the jobs they made room for (which may preempt in turn), as
             # the live loop does a second later. Bounded for safety (each pass that preempts stops a running job, and
-            # a job stopped may start again and be stopped in turn), but never before a cascade of rooms is placed.
+            # a job stopped may start again and be stopped in turn), with room for a cascade of rooms at one instant.
             for _ in range(len(self.running) + len(self.waiting) + 1):
                 preempted = self.result.preemptions
                 if self.waiting:
