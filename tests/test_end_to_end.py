@@ -259,6 +259,10 @@ def test_an_oom_grows_the_queued_jobs_alike_before_they_run(
     assert (done[first].attempt, done[first].vram_mb) == (2, 1500)
     assert [(done[i].attempt, done[i].vram_mb) for i in alike] == [(1, 1500), (1, 1500)]
     assert (done[other].attempt, done[other].vram_mb) == (1, 1000)
+    why = f"asks for 1500 MB, not 1000: job {first} with the same command ran out of memory inside 1000 MB"
+    assert [done[i].warnings for i in alike] == [[why], [why]]
+    assert done[first].warnings == done[other].warnings == []
+    assert f"warning: {why}" in client.get(f"/api/v1/jobs/{alike[0]}/logs", headers=auth).text
 
 
 def test_failure_without_retries_is_final(cluster: Cluster, client: TestClient, auth: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Run
@@ -114,7 +114,8 @@ def grown_request(vram_mb: int, largest_mb: int | None) -> int:
 def grow_alike(session: Session, job: Job, vram_mb: int) -> list[int]:
     """After `job` ran out of memory inside its request, the queued jobs of its fingerprint (same user, command
     and script, as many GPUs) that ask for as much or less would too: they ask for `vram_mb`, its next request,
-    instead of each failing in turn (a sweep submitted with too small a request). Their ids.
+    instead of each failing in turn (a sweep submitted with too small a request). Each says so in its
+    warnings (shown with the job and at the top of its log). Their ids.
 
     Under the ledger lock (a queued job's request is what the scheduler reserves when it dispatches it), taken
     here: call it before writing any job row in the transaction, as the scheduler locks the ledger before its
@@ -122,8 +123,8 @@ def grow_alike(session: Session, job: Job, vram_mb: int) -> list[int]:
     if job.fingerprint is None:
         return []
     lock_ledger(session)
-    grown = session.scalars(
-        update(Job)
+    alike = session.scalars(
+        select(Job)
         .where(
             Job.fingerprint == job.fingerprint,
             Job.status == JobStatus.QUEUED,
@@ -131,10 +132,15 @@ def grow_alike(session: Session, job: Job, vram_mb: int) -> list[int]:
             Job.gpus == job.gpus,
             Job.vram_mb <= job.vram_mb,
         )
-        .values(vram_mb=vram_mb)
-        .returning(Job.id)
-    )
-    return sorted(grown)
+        .order_by(Job.id)
+        .with_for_update(of=Job)
+    ).all()
+    for queued in alike:
+        why = f"asks for {vram_mb} MB, not {queued.vram_mb}: job {job.id} with the same command ran out of memory"
+        queued.warnings = [*queued.warnings, f"{why} inside {job.vram_mb} MB"]
+        queued.vram_mb = vram_mb
+    session.flush()
+    return [queued.id for queued in alike]
 
 
 def per_gpu_room(sizes_mb: Sequence[int], gpus: int) -> int | None:
