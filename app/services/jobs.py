@@ -270,7 +270,7 @@ def cancel(session: Session, job_id: int, by: User) -> Job:
     if job.user_id != by.id and not by.admin:
         raise Forbidden(f"job {job_id} belongs to {job.user.name}; only they or an admin may cancel it")
     if job.status.terminal:
-        raise JobFinished(f"job {job_id} has already {job.status}")
+        raise JobFinished(f"job {job_id} has already ended: {job.status}")
     job.cancel_requested = True
     if job.status is JobStatus.QUEUED:
         transitions.cancel_queued(session, job_id)
