@@ -471,6 +471,60 @@ def test_the_scheduler_makes_room_on_both_gpus_for_a_big_job_of_two(
     assert scheduler.making_room == {big.id}
 
 
+def test_the_room_made_for_a_job_is_kept_for_it_while_its_last_jobs_stop(
+    scheduler: Scheduler, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    """A 6000 MB job checkpointed each 1000 s holds GPU 0, and a 20000 MB one without checkpoints GPU 1. A
+    20000 MB job of 100000 s stops the first to take GPU 0. While that job finishes its epoch (820 s to go), a
+    queued one-hour 6000 MB job does not slip into GPU 0: planned on the stopping job's full run (8820 s), it
+    would have looked done in time, and held the room for an hour. The big job's reason says what it waits for."""
+    publish_node(redis, sizes=(24576, 24576))
+    stopping = make_job(sessions, vram_mb=6000, time_limit_s=100000)
+    scheduler.tick()
+    other = make_job(sessions, vram_mb=20000, time_limit_s=100000)
+    scheduler.tick()
+    run_checkpointed(sessions, redis, [stopping])
+    run_with_progress(
+        sessions, redis, other.id, utcnow(), Progress(0, 10, 0, utcnow().timestamp(), utcnow().timestamp())
+    )
+    big = make_job(sessions, vram_mb=20000, time_limit_s=100000)
+    scheduler.tick()
+    assert redis.exists(RUN_PREEMPT_KEY.format(job_id=stopping.id, attempt=1))
+    short = make_job(sessions, vram_mb=6000, time_limit_s=3600)
+
+    scheduler.tick()
+
+    assert reload(sessions, short.id).status is JobStatus.QUEUED
+    waiting = waiting_of(redis, [big.id, short.id])
+    reason, start = waiting[big.id]
+    assert reason.endswith(f"; jobs {stopping.id} on node-a GPU 0 stop at the end of their epoch to make room for it")
+    assert start is not None and start - utcnow() < timedelta(seconds=900)
+    assert f"held for job {big.id}" in waiting[short.id][0]
+
+
+@pytest.mark.parametrize(
+    ("stopping", "now", "expected"),
+    [
+        (False, 1500.0, 10100.0),  # 9 epochs of 1000 s left after the one that ended at 1100
+        (True, 1500.0, 2100.0),  # preempted: it stops at the end of the epoch under way
+        (True, 2500.0, 2500.0),  # that epoch runs late: it stops any moment
+    ],
+)
+def test_a_preempted_job_is_expected_to_stop_at_the_end_of_its_epoch(
+    stopping: bool, now: float, expected: float
+) -> None:
+    epoch = datetime(2026, 1, 1)
+    job = Job(id=7, status=JobStatus.RUNNING, vram_mb=1000, started_at=epoch, time_limit_s=50000)
+    report = Progress(done=1, total=10, start=0, began=epoch.timestamp() + 100, at=epoch.timestamp() + 1100)
+    at = epoch + timedelta(seconds=now)
+
+    [running] = inputs.running_jobs(
+        [job], inputs.History({}, {}), at, progress={7: report}, stopping={7} if stopping else set()
+    )
+
+    assert (running.expected_end or 0) - epoch.timestamp() == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(
     ("status", "done", "start", "at", "unsaved"),
     [

@@ -111,17 +111,17 @@ def running_jobs(
     says so, else after their history's run time. Their unsaved work: what a stop would lose (see
     `_unsaved`). `stopping`: the jobs already preempted, finishing their epoch. Resumed: its last attempt was
     preempted."""
-    loads, progress = loads or {}, progress or {}
+    loads, progress, stopping = loads or {}, progress or {}, stopping or set()
     return [
         RunningJob(
             job.node or "",
             tuple(job.gpu_indices or ()),
             job.vram_mb,
             loads.get(job.id, history.util(job)),
-            _expected_end(job, history, progress.get(job.id), now.timestamp()),
+            _expected_end(job, history, progress.get(job.id), now.timestamp(), job.id in stopping),
             job.id,
             _unsaved(job, progress.get(job.id), now.timestamp()),
-            job.id in (stopping or ()),
+            job.id in stopping,
             job.failure_reason is FailureReason.PREEMPTED,  # kept from its last attempt until it ends
         )
         for job in active
@@ -137,8 +137,9 @@ def _unsaved(job: Job, report: Progress | None, now: float) -> float | None:
     return max(0.0, now - max(report.at, job.started_at.timestamp()))
 
 
-def _expected_end(job: Job, history: History, report: Progress | None, now: float) -> float | None:
-    """None: unknown (no time limit, and no progress or history, or it ran past what they said)."""
+def _expected_end(job: Job, history: History, report: Progress | None, now: float, stopping: bool) -> float | None:
+    """None: unknown (no time limit, and no progress or history, or it ran past what they said). A job being
+    preempted stops at the end of the epoch under way, at its pace (or now, where that epoch runs late)."""
     since = job.started_at or job.dispatched_at
     if since is None:
         return None
@@ -149,6 +150,8 @@ def _expected_end(job: Job, history: History, report: Progress | None, now: floa
     if guess is not None and guess <= now:
         guess = None
     ends = [end for end in (limit, guess) if end is not None]
+    if stopping and report and job.started_at and (stop := report.epoch_end(job.started_at.timestamp())) is not None:
+        ends.append(max(stop, now))
     return min(ends) if ends else None
 
 

@@ -184,6 +184,8 @@ def schedule(
                 reservation = later or reserve(cluster, job, now, config.compute_cap)
         if reservation is not None and reservation.job is job:
             why = _why(cluster, job, blocked, reservation, config.compute_cap)
+            if job.id in making_room:
+                why += _room_being_made(cluster, reservation)
             # Held from now (its GPUs have room but not the compute, or no worker slot): when it starts is
             # the forecast's to say, not now.
             start = reservation.start if reservation.start is not None and reservation.start > now else None
@@ -436,6 +438,18 @@ def _ends_soon(running: RunningJob, job: PendingJob, now: float) -> bool:
     return running.stopping or (
         running.expected_end is not None and running.expected_end - now < PREEMPT_LEFT * job.duration_s
     )
+
+
+def _room_being_made(cluster: Cluster, reservation: Reservation) -> str:
+    """What the room made for the reservation's job still waits for: the jobs stopping on its GPUs ("" if none)."""
+    gpus = set(reservation.gpus)
+    stopping = [r for r in cluster.running if r.stopping and r.node == reservation.node and gpus & set(r.gpu_indices)]
+    if not stopping:
+        return ""
+    ids = ", ".join(str(r.job_id) for r in stopping)
+    on = sorted(gpus & {i for r in stopping for i in r.gpu_indices})
+    where = f"{reservation.node} GPU{'s' if len(on) > 1 else ''} {', '.join(str(i) for i in on)}"
+    return f"; jobs {ids} on {where} stop at the end of their epoch to make room for it"
 
 
 def _quota_reason(job: PendingJob, counts: list[int], quotas: Quotas) -> str | None:

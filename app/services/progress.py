@@ -43,11 +43,22 @@ class Progress:
         left = self.left_s()
         return None if left is None else self.at + left
 
+    def epoch_end(self, started: float) -> float | None:
+        """When the epoch under way ends at the fit's pace so far (a preempted fit stops then); None as for
+        `expected_end`."""
+        epoch = self.epoch_s()
+        return None if epoch is None or not started <= self.began else self.at + epoch
+
     def left_s(self) -> float | None:
         """Seconds the epochs left take at the fit's pace so far; None before its first epoch."""
+        epoch = self.epoch_s()
+        return None if epoch is None else epoch * (self.total - self.done)
+
+    def epoch_s(self) -> float | None:
+        """Seconds an epoch takes at the fit's pace so far; None before its first epoch."""
         if not self.start < self.done <= self.total or not self.began < self.at:
             return None
-        return (self.at - self.began) * (self.total - self.done) / (self.done - self.start)
+        return (self.at - self.began) / (self.done - self.start)
 
 
 def read_file(output_dir: Path) -> Progress | None:
