@@ -56,6 +56,8 @@ PENDING_KEY = f"{PREFIX}:pending"
 # Ids of the queued jobs that preempted others or were moved, not placed since (policy.schedule's making_room):
 # kept here, not in the leader's memory, so that a new leader places them first too.
 MAKING_ROOM_KEY = f"{PREFIX}:scheduler:making-room"
+# Of those, each moved job -> the [node, GPU] it was moved to (policy.schedule's moving_to).
+MOVING_TO_KEY = f"{PREFIX}:scheduler:moving-to"
 
 # A dispatched job whose RQ message is missing this long after dispatch is enqueued again (Redis lost it).
 REENQUEUE_AFTER_S = 10.0

@@ -25,8 +25,10 @@ than half a GPU's memory never share one, so a sweep of them can need far more t
 and no schedule meets memory, compute and each job's run time all at once as the published bound meets
 each alone. A miss is "beyond any schedule" where that bound itself is past the limit, and the last line
 counts the misses against it.
-It also counts preemptions (the jobs of one GPU stopped for one job) and how many gave their room at
-once to the job they were made for, and moves (a job stopped to resume on a GPU that drains sooner).
+It also counts preemptions (the jobs of one GPU stopped for one job), how many gave their room at once to
+the job they were made for and how many were overtaken (a stopped job runs on to the end of its epoch, and
+meanwhile the job found room elsewhere sooner), and moves (a job stopped to resume on a GPU that drains
+sooner).
 --set changes a setting of the policy (a PolicyConfig field: compute_cap, critical_share, fair_share,
 backfill, preempt; a number, true, false or none), to see what each target gains and loses: e.g.
 --set critical_share=0.75.
@@ -129,7 +131,7 @@ def setting(text: str) -> tuple[str, float | bool | None]:
 
 def check(
     args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
-) -> tuple[int, float, float, float, float, int, int, tuple[str, str, str, str], tuple[int, int, int]]:
+) -> tuple[int, float, float, float, float, int, int, tuple[str, str, str, str], tuple[int, int, int, int]]:
     seed, load, jobs, gpus, explain, estimates, config = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
@@ -148,7 +150,7 @@ def check(
     sim = Simulation(trace, sizes, policy="exclusive")
     exclusive = summarise(sim, sim.run())
     jct = (vramq["mean_jct_s"] or 0) / (exclusive["mean_jct_s"] or 1)
-    rooms = (result.rooms_made, result.rooms_taken, result.moves)
+    rooms = (result.rooms_made, result.rooms_taken, result.rooms_overtaken, result.moves)
     return seed, load, ratio, tight_ratio, jct, vramq["oom_caused_by_others"], len(bad), why, rooms
 
 
@@ -178,12 +180,12 @@ def main() -> None:
     terms: Counter[str] = Counter()
     sealed: Counter[str] = Counter()
     misses = {"makespan": 0, "jct": 0, "oom": 0, "infeasible": 0}
-    made = taken = moved = 0
+    made = taken = overtaken = moved = 0
     beyond = tight_misses = 0
     print(f"{'load':>5} {'seed':>4} {'mk/LB':>6} {'jct/excl':>8} {'mk/TB':>6}  missed")
     with ProcessPoolExecutor(args.workers) as pool:
         for seed, load, ratio, tight_ratio, jct, oom, bad, why, rooms in pool.map(check, cases):
-            made, taken, moved = made + rooms[0], taken + rooms[1], moved + rooms[2]
+            made, taken, overtaken, moved = (a + b for a, b in zip((made, taken, overtaken, moved), rooms, strict=True))
             missed = {
                 "makespan": ratio > limit(load),
                 "jct": jct > 0.5,
@@ -204,7 +206,10 @@ def main() -> None:
                 terms[why[2]] += 1
                 sealed[why[3]] += 1
     print(f"{len(cases)} traces; missed: " + ", ".join(f"{name} {count}" for name, count in misses.items()))
-    print(f"preemptions: {made}, of which {taken} gave their room at once to the job they were made for")
+    print(
+        f"preemptions: {made}, of which {taken} gave their room at once to the job they were made for, and {overtaken}"
+        " were overtaken (that job found room elsewhere sooner, while they finished their epoch)"
+    )
     print(f"moves: {moved} (a job stopped to resume on a GPU that drains sooner)")
     print(
         f"makespan misses beyond any schedule (the tighter bound itself past the limit): {beyond}; "

@@ -554,7 +554,7 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
     """Two checkpointed jobs measured at 0.95 share GPU 0 (1.9: each at about half speed) while GPU 1 is idle;
     a third job waits on its user's quota. One of the two is asked to stop at the end of its epoch, to
     resume on GPU 1: it stays in `making_room` while it finishes its epoch, to be placed first, also by the
-    next leader."""
+    next leader, and its room on GPU 1 is kept meanwhile: another user's 20000 MB job does not take it."""
     scheduler.config = replace(scheduler.config, quotas=Quotas(running=2))
     publish_node(redis, sizes=(24576, 24576))
     pair = [make_job(sessions, vram_mb=5000, time_limit_s=100000) for _ in range(2)]
@@ -573,15 +573,17 @@ def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(
     assert (
         redis.get(RUN_PREEMPT_KEY.format(job_id=moved, attempt=1)) == b"to move to node-a GPU 1, where it ends sooner"
     )
-    assert scheduler.making_room == {moved}
+    assert scheduler.making_room == {moved} and scheduler.moving_to == {moved: ("node-a", 1)}
+    other = make_job(sessions, "bob", vram_mb=20000)
     scheduler.tick()
     assert scheduler.making_room == {moved}  # still running: kept until it is placed again
+    assert reload(sessions, other.id).status is JobStatus.QUEUED
     # Kept in Redis: a new leader (this one stepped down, or died) places it first too.
     scheduler.lock.release()
     successor = Scheduler(scheduler.settings, sessions, redis)
     successor.config = scheduler.config
     assert successor.tick() == [] and successor.lock.acquire_or_renew()
-    assert successor.making_room == {moved}
+    assert successor.making_room == {moved} and successor.moving_to == {moved: ("node-a", 1)}
 
 
 def test_a_job_moved_out_of_a_big_jobs_way_is_told_it_made_room(

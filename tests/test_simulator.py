@@ -9,10 +9,12 @@ import sys
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
-from app.simulator.engine import CONFIGS, POLICIES, PREEMPTION_LOSS_S, Attempt, Estimates, Result, Simulation
+from app.scheduler.state import Decision, Preemption
+from app.simulator.engine import CONFIGS, POLICIES, Attempt, Estimates, Result, Simulation
 from app.simulator.fluid import fluid_bound
 from app.simulator.report import (
     attempts_by_gpu,
@@ -132,8 +134,9 @@ def test_a_long_job_known_only_by_its_time_limit_does_not_stack_onto_a_saturated
 
 def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoint() -> None:
     """Two small jobs on each GPU until t=20000; a 22000 MB job of 100000 s arrives at t=1000. Waiting, it
-    would end at 120000. It stops GPU 0's jobs instead and ends at 101000; they resume on GPU 1 at once,
-    redoing the work since their last checkpoint, and use no retry (max_retries 0)."""
+    would end at 120000. It stops GPU 0's jobs instead: they run on to the end of their epoch (t=1200), stop
+    there and resume on GPU 1 at once from that epoch's checkpoint, redoing nothing and using no retry
+    (max_retries 0); it starts as they stop and ends at 101200."""
     small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
     jobs = [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)]
 
@@ -141,7 +144,7 @@ def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoi
     result = sim.run()
     waited = Simulation(jobs, [24576] * 2, config=replace(CONFIGS["vramq"], preempt=False)).run()
 
-    assert result.finished[4] == (pytest.approx(101000.0), True)
+    assert result.finished[4] == (pytest.approx(101200.0), True)
     assert waited.finished[4] == (pytest.approx(120000.0), True)
     assert all(ok for _, ok in result.finished.values())
     rows = schedule_rows(sim, result)
@@ -154,10 +157,12 @@ def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoi
         ("s3", 1, "succeeded"),
     ]
     resumed = [a for a in result.attempts if a.number == 2]
-    assert [a.start for a in resumed] == [1000.0, 1000.0]
+    assert [a.start for a in resumed] == [pytest.approx(1200.0)] * 2
     assert [a.done for a in resumed] == [pytest.approx(20000.0)] * 2
-    on = attempts_by_gpu(result)  # what they had done when they resumed: their checkpoint, 300 s back
-    assert [work_done(a, 1000.0, on) for a in resumed] == [pytest.approx(700.0)] * 2
+    on = attempts_by_gpu(result)  # what they had done when they resumed: all of it, to their epoch's end
+    assert [work_done(a, 1200.0, on) for a in resumed] == [pytest.approx(1200.0)] * 2
+    [stopped] = [a for a in result.attempts if a.job.job_id == "s0" and a.number == 1]
+    assert stopped.end == pytest.approx(1200.0)
     assert result.preemptions == 2
     assert infeasibilities(jobs, rows, [24576] * 2, ledger=True) == []
 
@@ -269,23 +274,39 @@ def test_an_oom_grows_the_queued_jobs_alike_under_a_ledger() -> None:
     assert attempts["o"] == [(12000, "succeeded")]
 
 
-def test_a_stop_loses_an_epoch_at_most_and_never_the_checkpoint_a_job_resumed_from() -> None:
-    """A stopped attempt redoes at most its last epoch (PREEMPTION_LOSS_S); one stopped 100 s after it resumed from
-    a checkpoint loses those 100 s only, and one stopped as it resumed loses nothing."""
+@pytest.mark.parametrize(
+    ("done", "resumed", "stops_at"),
+    [
+        (2000.0, 0.0, 2100.0),  # runs on to the end of its epoch under way (epochs of EPOCH_S from its start)
+        (2100.0, 0.0, 2100.0),  # at the end of one: stops at once
+        (2100.0, 1700.0, 2300.0),  # epochs counted from the checkpoint it resumed from
+        (1800.0, 1700.0, 1700.0),  # no epoch of its own yet: stops at once, back to that checkpoint
+        (1700.0, 1700.0, 1700.0),  # stopped as it resumed: loses nothing
+    ],
+)
+def test_a_preempted_attempt_stops_at_the_end_of_its_epoch_and_keeps_its_work(
+    done: float, resumed: float, stops_at: float
+) -> None:
+    """As autolog does live: a preempted attempt stops at its next checkpoint and resumes from it; one that has
+    not done an epoch since it resumed stops at once and resumes from the checkpoint it resumed from. The room
+    is made once it has stopped."""
     job = TraceJob("j", 0.0, "a", 4000, 3000, 10000.0, 0.5)
     sim = Simulation([job], GPUS, policy="vramq")
-    kept = {}
-    for name, done, resumed, preempted in (
-        ("fresh", 2000.0, 0.0, 0),
-        ("resumed", 1800.0, 1700.0, 1),
-        ("at once", 1700.0, 1700.0, 1),
-    ):
-        attempt = Attempt(job, 0, 1, 4000, 0, (0,), 0.0, done, resumed, preempted)
-        sim.running.append(attempt)
-        sim.on[0, 0].append(attempt)
-        sim._end(attempt, "preempted")
-        kept[name] = sim.waiting.pop().done
-    assert kept == {"fresh": 2000.0 - PREEMPTION_LOSS_S, "resumed": 1700.0, "at once": 1700.0}
+    attempt = Attempt(job, 0, 1, 4000, 0, (0,), 0.0, done, resumed, int(resumed > 0))
+    sim.running.append(attempt)
+    sim.on[0, 0].append(attempt)
+    stop = Decision(preemptions=[Preemption(1, "0", 0, (0,))])  # for a job 1 (not in the trace)
+
+    with patch("app.simulator.engine.schedule", return_value=stop):
+        sim._decide()
+    if attempt.end is None:  # running on to the end of its epoch: the room is not made yet
+        assert sim.room[1].made is None and attempt.stop_at == pytest.approx(stops_at)
+        sim.now, attempt.done = 60.0, stops_at
+        sim._settle(set())
+
+    assert attempt.outcome == "preempted" and attempt.end == sim.now
+    assert [w.done for w in sim.waiting] == [pytest.approx(stops_at)]
+    assert sim.room[1].made == sim.now
 
 
 def finishing(sim: Simulation, seconds: int = 20) -> Result:

@@ -73,6 +73,14 @@ class Cluster:
             nodes.append(NodeState(name, slots, tuple(gpus)))
         return Cluster(nodes, [job for job in self.running if id(job) not in leaving], now)
 
+    def hold(self, key: tuple[str, int], vram_mb: int, util: float) -> None:
+        """Keep room on a GPU for a job moving there, while it finishes its epoch where it runs."""
+        if key in self.free:
+            self.free[key] -= vram_mb
+            self.util[key] += util
+            self.ranked[key[0]] = self._ranked(key[0])
+            self.most_free = max(self.free.values(), default=0)
+
     def _add_work(self, key: tuple[str, int], end: float | None, left: float, util: float) -> None:
         """A job on the GPU: known work (`left` solo seconds, ending at `end`), or with `end` unknown, a load
         that never drains."""

@@ -1,6 +1,7 @@
 """The dispatch loop: one leader at a time reserves VRAM in SQL, then enqueues ids on the nodes' queues."""
 
 import contextlib
+import json
 import logging
 import threading
 import uuid
@@ -21,6 +22,7 @@ from app.constants import (
     LEADER_KEY,
     LEADER_TTL_S,
     MAKING_ROOM_KEY,
+    MOVING_TO_KEY,
     REENQUEUE_AFTER_S,
     RUN_HEARTBEAT_KEY,
     RUN_HEARTBEAT_TTL_S,
@@ -94,13 +96,22 @@ class Scheduler:
         new leader places them first too."""
         return {int(raw) for raw in self.redis.smembers(MAKING_ROOM_KEY)}
 
-    def _keep_making_room(self, ids: set[int], before: set[int]) -> None:
-        if ids == before:
+    @property
+    def moving_to(self) -> dict[int, tuple[str, int]]:
+        """Of those, each moved job's (node, GPU) where it was moved to (policy.schedule's moving_to)."""
+        return {int(job_id): tuple(json.loads(raw)) for job_id, raw in self.redis.hgetall(MOVING_TO_KEY).items()}
+
+    def _keep_making_room(
+        self, ids: set[int], moving: dict[int, tuple[str, int]], before: tuple[set[int], dict[int, tuple[str, int]]]
+    ) -> None:
+        if (ids, moving) == before:
             return
         with self.redis.pipeline() as pipe:
-            pipe.delete(MAKING_ROOM_KEY)
+            pipe.delete(MAKING_ROOM_KEY, MOVING_TO_KEY)
             if ids:
                 pipe.sadd(MAKING_ROOM_KEY, *ids)
+            if moving:
+                pipe.hset(MOVING_TO_KEY, mapping={job_id: json.dumps(to) for job_id, to in moving.items()})
             pipe.execute()
 
     def run(self, stop: threading.Event) -> None:
@@ -152,6 +163,8 @@ class Scheduler:
             # A moved job stays while it finishes its epoch, to be placed first once queued again.
             before = self.making_room
             making_room = before & {job.id for job in [*queued, *active]}
+            moved_to = self.moving_to
+            moving_to = {job_id: to for job_id, to in moved_to.items() if job_id in making_room}
             decision = schedule(
                 pending,
                 states,
@@ -160,6 +173,7 @@ class Scheduler:
                 users=users,
                 config=self.config,
                 making_room=making_room,
+                moving_to=moving_to,
             )
             by_id = {job.id: job for job in queued}
             placements = [
@@ -171,7 +185,9 @@ class Scheduler:
             self._enqueue(placement.node, placement.job_id, by_id[placement.job_id].attempt)
         self._preempt(decision.preemptions, active)
         making_room -= {placement.job_id for placement in placements}
-        self._keep_making_room(making_room | {preemption.for_job for preemption in decision.preemptions}, before)
+        moving_to = {job_id: to for job_id, to in moving_to.items() if job_id in making_room}
+        moving_to |= {p.for_job: (p.node, p.gpu) for p in decision.preemptions if p.move}
+        self._keep_making_room(making_room | {p.for_job for p in decision.preemptions}, moving_to, (before, moved_to))
         moment = now.timestamp()
         since = moment - self.forecast_at
         arrived = any(job_id not in self.forecast_ids for job_id in decision.waiting)

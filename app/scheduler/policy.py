@@ -22,10 +22,10 @@ the same `schedule`, so what the benchmark measures is what runs.
   (Decision.preemptions), where they lose little since and the job would start in the room at once; they
   finish their epoch, are queued again and resume from its checkpoint. The job they make room for is
   considered first from then on (`making_room`), so that it gets the room. A long job stopped so is moved
-  instead: it resumes at once on another GPU where it fits. A big job may stop another big one with under
-  half its run time left, so that they end together.
+  instead: it resumes at once on another GPU where it fits (kept for it while it stops: `moving_to`). A
+  big job may stop another big one with under half its run time left, so that they end together.
 - Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
-  packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`).
+  packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`, `moving_to`).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
   earliest moment its GPUs free up, from running jobs' expected ends). A later job may start ahead
   of it (backfill) only where it cannot delay it: elsewhere, or finishing before that moment, or
@@ -34,7 +34,7 @@ the same `schedule`, so what the benchmark measures is what runs.
 
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import combinations
 
 from app.scheduler.cluster import (
@@ -127,12 +127,20 @@ def schedule(
     users: dict[str, UserState] | None = None,
     config: PolicyConfig = PolicyConfig(),
     making_room: Collection[int] = (),
+    moving_to: Mapping[int, tuple[str, int]] | None = None,
 ) -> Decision:
-    """`making_room`: queued jobs that preempted others (an earlier decision's Decision.preemptions), not
-    placed since. They are considered first: the room made for them must not go to another job, such as a
-    stopped one queued again."""
+    """`making_room`: queued jobs that preempted others or were moved (an earlier decision's
+    Decision.preemptions), not placed since. They are considered first: the room made for them must not go to
+    another job, such as a stopped one queued again. `moving_to`: the (node, GPU) each job moved (or moved out
+    of a big job's way) was moved to: while it finishes its epoch, its room there is kept, so that it has
+    somewhere to resume at once. Queued again, it goes where it fits best then (often there; the GPU named
+    when it was moved is no better known than the others by then)."""
     users = users or {}
+    moving_to = moving_to or {}
     cluster = Cluster(nodes, running, now)
+    for moving in running:  # still finishing its epoch: its room where it goes is kept
+        if moving.job_id is not None and moving.job_id in moving_to:
+            cluster.hold(moving_to[moving.job_id], moving.vram_mb, moving.util)
     decision = Decision()
     counts = {name: [state.running, state.reserved_mb] for name, state in users.items()}
     reservation: Reservation | None = None

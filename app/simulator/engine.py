@@ -33,10 +33,11 @@ CONFIGS = {
     "fifo-ledger": PolicyConfig(fair_share=False, backfill=False, compute_cap=None, critical_share=None),
 }
 GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
-# A preempted job resumes from its last epoch checkpoint: it redoes at most this much work (an epoch of a
-# few minutes), and it is preemptible only once it has done that much (it has a checkpoint). Live, it
-# finishes its epoch first instead, and the job it makes room for waits as long: the same cost, moved.
-PREEMPTION_LOSS_S = 300.0
+# A job checkpoints at the end of each epoch of this much work (a few minutes), counted from the checkpoint
+# it started from; it is preemptible once it has one. Preempted, it runs on to the end of the epoch under way
+# and stops there, keeping all its work, as autolog does live; one without an epoch of its own since it
+# resumed is stopped at once and keeps the checkpoint it resumed from.
+EPOCH_S = 300.0
 EPS = 1e-7
 
 
@@ -64,6 +65,7 @@ class Attempt:
     done: float = 0.0  # solo-seconds of work done
     resumed: float = 0.0  # of which done before it started: kept from a preempted attempt's checkpoint
     preempted: int = 0  # how many earlier attempts were preempted (they use no retry)
+    stop_at: float | None = None  # preempted: the work done when it stops (the end of its epoch under way)
     end: float | None = None
     outcome: str | None = None  # succeeded | oom | oom_other | failed | preempted
 
@@ -87,12 +89,16 @@ class Waiting:
 
 @dataclass
 class Room:
-    """Where and when room was made for a queued job (it preempted others, or it is moved), until it starts."""
+    """Where room is made for a queued job (it preempted others, or it is moved), until it starts: on `gpus`
+    (those where its decisions stopped jobs), once the jobs stopping for it (`stopping`, by index) have, at
+    `made`."""
 
     node: int
-    gpus: set[int]  # a job of N GPUs has N rooms made at once
-    made: float
     move: bool
+    gpus: set[int] = field(default_factory=set)
+    stopping: set[int] = field(default_factory=set)
+    made: float | None = None
+    taken_by_another: bool = False  # a job started on its GPUs after it was made
 
 
 @dataclass
@@ -104,7 +110,8 @@ class Result:
     decisions: int = 0
     preemptions: int = 0  # attempts preempted
     rooms_made: int = 0  # preemptions decided (the jobs of one GPU stopped for one job)
-    rooms_taken: int = 0  # of which the job they were made for started there at once
+    rooms_taken: int = 0  # of which the job they were made for started there (before any other job, once made)
+    rooms_overtaken: int = 0  # of which that job started elsewhere while they stopped, sooner
     moves: int = 0  # jobs stopped to resume on a GPU that drains sooner (policy.moves)
     # Ledger policies: each job's time queued by what it lacked (Wait.kind: memory, compute, held...).
     waited: defaultdict[int, defaultdict[str, float]] = field(
@@ -192,11 +199,10 @@ class Simulation:
                 a.gpus,
                 a.request_mb,
                 a.job.util,
-                self.now + (a.job.duration_s - a.done) / rates[id(a)],
+                self.now + (min(a.job.duration_s, a.stop_at or math.inf) - a.done) / rates[id(a)],
                 a.index,
-                # Once it has a checkpoint (an epoch done, here or before it resumed), a stop loses an epoch, or
-                # only what it did since it resumed from one.
-                _unsaved(a) if a.done >= PREEMPTION_LOSS_S else None,
+                _unsaved(a) if a.done >= EPOCH_S else None,  # once it has a checkpoint (an epoch done)
+                a.stop_at is not None,
                 resumed=a.preempted > 0,
             )
             for a in self.running
@@ -219,24 +225,38 @@ class Simulation:
         users = {user: UserState(usage=value) for user, value in self.usage.value.items()}
         assert self.config is not None
         decision = schedule(
-            pending, nodes, self.now, running=running, users=users, config=self.config, making_room=self.room.keys()
+            pending,
+            nodes,
+            self.now,
+            running=running,
+            users=users,
+            config=self.config,
+            making_room=self.room.keys(),
+            moving_to={index: (str(room.node), min(room.gpus)) for index, room in self.room.items() if room.move},
         )
         for index, (since, kind) in self.lacking.items():
             self.result.waited[index][kind] += self.now - since
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
         by_index = {w.index: w for w in self.waiting}
         for preemption in decision.preemptions:
-            if preemption.move:
-                self.result.moves += 1
-            else:
-                self.result.rooms_made += 1
+            victims = [a for a in self.running if a.index in preemption.job_ids]
             room = self.room.get(preemption.for_job)
-            gpus = room.gpus if room is not None and room.made == self.now else set()  # a job of N GPUs: N at once
-            self.room[preemption.for_job] = Room(
-                int(preemption.node), gpus | {preemption.gpu}, self.now, preemption.move
-            )
-            for a in [a for a in list(self.running) if a.index in preemption.job_ids]:
-                self._end(a, "preempted")
+            if room is None or room.node != int(preemption.node):
+                room = self.room[preemption.for_job] = Room(int(preemption.node), preemption.move)
+            if preemption.move or any(a.stop_at is None for a in victims):  # named again while they stop: once
+                room.gpus.add(preemption.gpu)
+            if any(a.stop_at is None for a in victims):
+                if preemption.move:
+                    self.result.moves += 1
+                else:
+                    self.result.rooms_made += 1
+            for a in victims:
+                room.stopping.add(a.index)
+                room.made = None
+                if a.stop_at is None:
+                    a.stop_at = _stop_mark(a)
+                if a.done >= a.stop_at - EPS:
+                    self._end(a, "preempted")
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
 
     def _decide_simple(
@@ -276,8 +296,17 @@ class Simulation:
         )
         self.running.append(attempt)
         room = self.room.pop(waiting.index, None)
-        if room is not None and not room.move and room.node == node and self.now <= room.made + EPS:
-            self.result.rooms_taken += len(room.gpus & set(gpus))
+        if room is not None and not room.move:
+            # Taken: before another job took it once made (while its jobs stopped, one that ends by then may
+            # start there), or before it was made (the others left room enough); or, while they stopped, the job
+            # found room elsewhere sooner.
+            taken = room.gpus & set(gpus) if room.node == node and not room.taken_by_another else set()
+            self.result.rooms_taken += len(taken)
+            if room.made is None:
+                self.result.rooms_overtaken += len(room.gpus - taken)
+        for other in self.room.values():
+            if other.node == node and other.made is not None and other.gpus & set(gpus):
+                other.taken_by_another = True
         for gpu in gpus:
             self.on[node, gpu].append(attempt)
         self.result.attempts.append(attempt)
@@ -289,6 +318,10 @@ class Simulation:
     def _end(self, attempt: Attempt, outcome: str) -> None:
         attempt.end, attempt.outcome = self.now, outcome
         self.running.remove(attempt)
+        for room in self.room.values():  # stopped, or ended first
+            if attempt.index in room.stopping:
+                room.stopping.discard(attempt.index)
+                room.made = None if room.stopping else self.now
         for gpu in attempt.gpus:
             self.on[attempt.node, gpu].remove(attempt)
         self.usage.advance(self.now)
@@ -340,7 +373,7 @@ class Simulation:
 
     def _milestone(self, attempt: Attempt) -> float:
         """The work done at the attempt's next event: its memory reaching its cap, its growth ending, its end."""
-        marks = [attempt.job.duration_s, self._cap_mark(attempt)]
+        marks = [attempt.job.duration_s, self._cap_mark(attempt), attempt.stop_at]
         if attempt.growing():
             marks.append(GROWTH_FRACTION * attempt.job.duration_s)
         return min(mark for mark in marks if mark is not None)
@@ -384,6 +417,8 @@ class Simulation:
                 self._end(a, "oom")
             elif a.done >= a.job.duration_s - EPS:
                 self._end(a, "succeeded")
+            elif a.stop_at is not None and a.done >= a.stop_at - EPS:
+                self._end(a, "preempted")
             else:
                 continue
             freed.update((a.node, g) for g in a.gpus)
@@ -448,8 +483,19 @@ def _planned(w: Waiting, known: Estimates) -> tuple[float, bool]:
 
 
 def _unsaved(attempt: Attempt) -> float:
-    """The work a stop loses: an epoch, or what the attempt did since the checkpoint it resumed from."""
-    return min(PREEMPTION_LOSS_S, attempt.done - attempt.resumed)
+    """The attempt's work since its last checkpoint: the end of its last epoch (epochs counted from the
+    checkpoint it resumed from, or from its start)."""
+    since = attempt.done - attempt.resumed
+    return since - EPOCH_S * math.floor(since / EPOCH_S + EPS)
+
+
+def _stop_mark(attempt: Attempt) -> float:
+    """The work done when a preempted attempt stops: at the end of its epoch under way once it has an epoch of
+    its own (at once, at the end of one); at once before (it keeps the checkpoint it resumed from)."""
+    since = attempt.done - attempt.resumed
+    if since < EPOCH_S - EPS:
+        return attempt.done
+    return attempt.resumed + EPOCH_S * math.ceil(since / EPOCH_S - EPS)
 
 
 def _fingerprint(job: TraceJob) -> tuple[str, int, int]:
