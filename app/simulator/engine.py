@@ -243,13 +243,12 @@ class Simulation:
             room = self.room.get(preemption.for_job)
             if room is None or room.node != int(preemption.node):
                 room = self.room[preemption.for_job] = Room(int(preemption.node), preemption.move)
-            if preemption.move or any(a.stop_at is None for a in victims):  # named again while they stop: once
+            fresh = any(a.stop_at is None for a in victims)  # named again while they stop, it counts once
+            if fresh or preemption.move:
                 room.gpus.add(preemption.gpu)
-            if any(a.stop_at is None for a in victims):
-                if preemption.move:
-                    self.result.moves += 1
-                else:
-                    self.result.rooms_made += 1
+            if fresh:
+                self.result.moves += preemption.move
+                self.result.rooms_made += not preemption.move
             for a in victims:
                 room.stopping.add(a.index)
                 room.made = None
