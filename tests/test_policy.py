@@ -485,6 +485,28 @@ def test_the_room_a_preemption_made_goes_to_the_job_it_was_made_for() -> None:
     assert [p.job_id for p in schedule([big, stopped], nodes, now=0, making_room={1}).placements] == [1]
 
 
+def test_no_job_takes_the_compute_of_a_room_being_made() -> None:
+    """Job 11 is stopping on GPU 0 to make room for job 1 (20000 MB at 0.3), and ends its epoch at t=600. Both
+    queued 2000 MB jobs fit beside the room; the one at 0.95 would have job 1 share compute there (it would then
+    rather wait for another GPU, and job 11 would have stopped for nothing), so it is held; the one at 0.1 is
+    not (seed 248 at 1.6 lost such a room, and 3 jobs stopped for it)."""
+    big = PendingJob(1, 20000, util=0.3, duration_s=100000)
+    busy = PendingJob(2, 2000, util=0.95, duration_s=5000)
+    light = PendingJob(3, 2000, util=0.1, duration_s=5000)
+    nodes = [NodeState("a", 8, (GpuState(0, 18576, util=0.3), GpuState(1, 1576, util=0.3)))]
+    running = [
+        RunningJob("a", (0,), 6000, util=0.3, expected_end=600.0, job_id=11, unsaved_s=300.0, stopping=True),
+        RunningJob("a", (1,), 23000, util=0.3, expected_end=150000.0, job_id=12),
+    ]
+
+    decision = schedule([big, busy, light], nodes, now=0, running=running, making_room={1})
+
+    assert [(p.job_id, p.gpu_indices) for p in decision.placements] == [(3, (0,))]
+    assert decision.waiting[2].reason.endswith("held for job 1, which waits longer")
+    # Without a room being made for it, job 1's reservation takes backfill that leaves it the memory.
+    assert [p.job_id for p in schedule([big, busy, light], nodes, now=0, running=running).placements] == [2, 3]
+
+
 def test_the_room_made_for_a_job_goes_to_it_before_a_job_moved_out_of_its_way() -> None:
     """GPU 1's jobs were stopped for job 1 (21,929 MB); job 2, one of them and the longer, was moved to resume on
     GPU 0. Both are queued again, making room: the larger request goes first, so job 2 does not take GPU 1

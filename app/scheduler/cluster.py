@@ -301,9 +301,17 @@ def _at(cluster: Cluster, node: str, moment: float) -> tuple[dict[int, int], dic
 
 
 def respecting(
-    cluster: Cluster, job: PendingJob, placement: Placement, reservation: Reservation, now: float, cap: float | None
+    cluster: Cluster,
+    job: PendingJob,
+    placement: Placement,
+    reservation: Reservation,
+    now: float,
+    cap: float | None,
+    making_room: bool = False,
 ) -> Placement | None:
-    """`placement` if it cannot delay the reserved head job, else None (a backfill that would)."""
+    """`placement` if it cannot delay the reserved head job, else None (a backfill that would). `making_room`:
+    jobs are stopping to make the head room; a backfill there must also leave it the compute it would have,
+    or it would rather wait for another GPU than share (policy's sooner_later), and they stopped for nothing."""
     if placement.node != reservation.node or not set(placement.gpu_indices) & set(reservation.gpus):
         return placement
     if reservation.start is not None and job.duration_s is not None:
@@ -318,6 +326,8 @@ def respecting(
         room = reservation.free_at_start[index] - job.vram_mb
         load = reservation.util_at_start[index] + job.util
         if room < head.vram_mb or (cap is not None and load >= cap):
+            return None
+        if making_room and load + head.util > max(1.0, reservation.util_at_start[index] + head.util):
             return None
     for index in set(placement.gpu_indices) & set(reservation.gpus):
         reservation.free_at_start[index] -= job.vram_mb

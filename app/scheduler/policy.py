@@ -173,7 +173,8 @@ def schedule(
             if later is not None:
                 placement, blocked = None, "critical"
         if placement is not None and reservation is not None:
-            placement = respecting(cluster, job, placement, reservation, now, config.compute_cap)
+            room = reservation.job.id in making_room
+            placement = respecting(cluster, job, placement, reservation, now, config.compute_cap, room)
             if placement is None:  # not there: anywhere but the held GPUs
                 cluster.avoid = {(reservation.node, i) for i in reservation.gpus}
                 placement = cluster.best_fit(job, config.compute_cap, now, urgent)
