@@ -76,10 +76,15 @@ class Cluster:
     def hold(self, key: tuple[str, int], vram_mb: int, util: float) -> None:
         """Keep room on a GPU for a job moving there, while it finishes its epoch where it runs."""
         if key in self.free:
-            self.free[key] -= vram_mb
-            self.util[key] += util
-            self.ranked[key[0]] = self._ranked(key[0])
-            self.most_free = max(self.free.values(), default=0)
+            self._charge(key[0], (key[1],), vram_mb, util)
+
+    def _charge(self, node: str, indices: Sequence[int], vram_mb: int, util: float) -> None:
+        """The memory and compute load of a job on these GPUs of a node, taken from what they have free."""
+        for index in indices:
+            self.free[node, index] -= vram_mb
+            self.util[node, index] += util
+        self.ranked[node] = self._ranked(node)
+        self.most_free = max(self.free.values(), default=0)
 
     def _add_work(self, key: tuple[str, int], end: float | None, left: float, util: float) -> None:
         """A job on the GPU: known work (`left` solo seconds, ending at `end`), or with `end` unknown, a load
@@ -190,13 +195,9 @@ class Cluster:
 
     def take(self, job: PendingJob, placement: Placement, now: float, critical: bool = False) -> None:
         self.slots[placement.node] -= 1
-        for index in placement.gpu_indices:
-            self.free[placement.node, index] -= job.vram_mb
-            self.util[placement.node, index] += job.util
-            if critical:
-                self.protected.add((placement.node, index))
-        self.ranked[placement.node] = self._ranked(placement.node)
-        self.most_free = max(self.free.values(), default=0)
+        self._charge(placement.node, placement.gpu_indices, job.vram_mb, job.util)
+        if critical:
+            self.protected.update((placement.node, index) for index in placement.gpu_indices)
         self.misses.clear()
         self.waits.clear()
         end = now + job.duration_s if job.duration_s is not None else None

@@ -361,9 +361,8 @@ def preemptions(
         chosen += [*rooms, *relocations]
         taken.update((p.node, p.gpu) for p in [*rooms, *relocations])
         stopped = ", ".join(str(i) for p in rooms for i in p.job_ids)
-        where = f"{rooms[0].node} GPU{'s' if len(rooms) > 1 else ''} {', '.join(str(p.gpu) for p in rooms)}"
         waiting[job.id] = Wait(
-            f"{wait.reason}; stopping jobs {stopped} on {where} to make room "
+            f"{wait.reason}; stopping jobs {stopped} on {_gpus(rooms[0].node, [p.gpu for p in rooms])} to make room "
             "(they stop at the end of their epoch and resume from its checkpoint)",
             None,
             "preempting",
@@ -456,9 +455,13 @@ def _room_being_made(cluster: Cluster, reservation: Reservation) -> str:
     if not stopping:
         return ""
     ids = ", ".join(str(r.job_id) for r in stopping)
-    on = sorted(gpus & {i for r in stopping for i in r.gpu_indices})
-    where = f"{reservation.node} GPU{'s' if len(on) > 1 else ''} {', '.join(str(i) for i in on)}"
-    return f"; jobs {ids} on {where} stop at the end of their epoch to make room for it"
+    on = _gpus(reservation.node, sorted(gpus & {i for r in stopping for i in r.gpu_indices}))
+    return f"; jobs {ids} on {on} stop at the end of their epoch to make room for it"
+
+
+def _gpus(node: str, indices: Sequence[int]) -> str:
+    """'node-a GPU 1' or 'node-a GPUs 0, 1'."""
+    return f"{node} GPU{'s' if len(indices) > 1 else ''} {', '.join(str(i) for i in indices)}"
 
 
 def _quota_reason(job: PendingJob, counts: list[int], quotas: Quotas) -> str | None:

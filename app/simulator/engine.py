@@ -491,10 +491,10 @@ def _unsaved(attempt: Attempt) -> float:
 def _stop_mark(attempt: Attempt) -> float:
     """The work done when a preempted attempt stops: at the end of its epoch under way once it has an epoch of
     its own (at once, at the end of one); at once before (it keeps the checkpoint it resumed from)."""
-    since = attempt.done - attempt.resumed
-    if since < EPOCH_S - EPS:
+    if attempt.done - attempt.resumed < EPOCH_S - EPS:
         return attempt.done
-    return attempt.resumed + EPOCH_S * math.ceil(since / EPOCH_S - EPS)
+    unsaved = _unsaved(attempt)
+    return attempt.done if unsaved < EPS else attempt.done - unsaved + EPOCH_S
 
 
 def _fingerprint(job: TraceJob) -> tuple[str, int, int]:
