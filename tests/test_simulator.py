@@ -9,11 +9,10 @@ import sys
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
-from unittest.mock import patch
 
 import pytest
 
-from app.scheduler.state import Decision, Preemption
+from app.scheduler.state import Preemption
 from app.simulator.engine import CONFIGS, POLICIES, Attempt, Estimates, Result, Simulation
 from app.simulator.fluid import fluid_bound
 from app.simulator.report import (
@@ -295,10 +294,8 @@ def test_a_preempted_attempt_stops_at_the_end_of_its_epoch_and_keeps_its_work(
     attempt = Attempt(job, 0, 1, 4000, 0, (0,), 0.0, done, resumed, int(resumed > 0))
     sim.running.append(attempt)
     sim.on[0, 0].append(attempt)
-    stop = Decision(preemptions=[Preemption(1, "0", 0, (0,))])  # for a job 1 (not in the trace)
 
-    with patch("app.simulator.engine.schedule", return_value=stop):
-        sim._decide()
+    sim._make_room(Preemption(1, "0", 0, (0,)))  # for a job 1 (not in the trace)
     if attempt.end is None:  # running on to the end of its epoch: the room is not made yet
         assert sim.room[1].made is None and attempt.stop_at == pytest.approx(stops_at)
         sim.now, attempt.done = 60.0, stops_at

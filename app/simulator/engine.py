@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 
 from app.scheduler.fairshare import DecayedUsage
 from app.scheduler.policy import schedule
-from app.scheduler.state import DEFAULT_UTIL, GpuState, NodeState, PendingJob, PolicyConfig, RunningJob, UserState
+from app.scheduler.state import (
+    DEFAULT_UTIL,
+    GpuState,
+    NodeState,
+    PendingJob,
+    PolicyConfig,
+    Preemption,
+    RunningJob,
+    UserState,
+)
 from app.services.sizing import grown_request, per_gpu_room
 from app.simulator.trace import TraceJob
 
@@ -239,24 +248,28 @@ class Simulation:
         self.lacking = {index: (self.now, wait.kind) for index, wait in decision.waiting.items()}
         by_index = {w.index: w for w in self.waiting}
         for preemption in decision.preemptions:
-            victims = [a for a in self.running if a.index in preemption.job_ids]
-            room = self.room.get(preemption.for_job)
-            if room is None or room.node != int(preemption.node):
-                room = self.room[preemption.for_job] = Room(int(preemption.node), preemption.move)
-            fresh = any(a.stop_at is None for a in victims)  # named again while they stop, it counts once
-            if fresh or preemption.move:
-                room.gpus.add(preemption.gpu)
-            if fresh:
-                self.result.moves += preemption.move
-                self.result.rooms_made += not preemption.move
-            for a in victims:
-                room.stopping.add(a.index)
-                room.made = None
-                if a.stop_at is None:
-                    a.stop_at = _stop_mark(a)
-                if a.done >= a.stop_at - EPS:
-                    self._end(a, "preempted")
+            self._make_room(preemption)
         return [(by_index[p.job_id], int(p.node), p.gpu_indices) for p in decision.placements]
+
+    def _make_room(self, preemption: Preemption) -> None:
+        """Stop the preemption's jobs at the end of their epoch under way, for the room of its job."""
+        victims = [a for a in self.running if a.index in preemption.job_ids]
+        room = self.room.get(preemption.for_job)
+        if room is None or room.node != int(preemption.node):
+            room = self.room[preemption.for_job] = Room(int(preemption.node), preemption.move)
+        fresh = any(a.stop_at is None for a in victims)  # named again while they stop, it counts once
+        if fresh or preemption.move:
+            room.gpus.add(preemption.gpu)
+        if fresh:
+            self.result.moves += preemption.move
+            self.result.rooms_made += not preemption.move
+        for a in victims:
+            room.stopping.add(a.index)
+            room.made = None
+            if a.stop_at is None:
+                a.stop_at = _stop_mark(a)
+            if a.done >= a.stop_at - EPS:
+                self._end(a, "preempted")
 
     def _decide_simple(
         self, free: Callable[[int, int, Waiting], bool], strict: bool
