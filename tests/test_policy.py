@@ -495,7 +495,7 @@ def test_no_job_takes_the_compute_of_a_room_being_made() -> None:
     light = PendingJob(3, 2000, util=0.1, duration_s=5000)
     nodes = [NodeState("a", 8, (GpuState(0, 18576, util=0.3), GpuState(1, 1576, util=0.3)))]
     running = [
-        RunningJob("a", (0,), 6000, util=0.3, expected_end=600.0, job_id=11, unsaved_s=300.0, stopping=True),
+        RunningJob("a", (0,), 6000, util=0.3, expected_end=600.0, job_id=11, stop_s=300.0, stopping=True),
         RunningJob("a", (1,), 23000, util=0.3, expected_end=150000.0, job_id=12),
     ]
 
@@ -528,11 +528,11 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     big = PendingJob(1, 22000, util=0.5, duration_s=100000)
     nodes = [NodeState("a", 8, (GpuState(0, 20000, util=0.5), GpuState(1, 16000, util=1.0)))]
 
-    def running(end: float = 20000.0, unsaved: float | None = 300.0) -> list[RunningJob]:
+    def running(end: float = 20000.0, stop: float | None = 300.0) -> list[RunningJob]:
         return [
             RunningJob("a", (0,), 4000, util=0.5, expected_end=30000.0, job_id=10),
-            RunningJob("a", (1,), 6000, util=0.5, expected_end=end, job_id=11, unsaved_s=unsaved),
-            RunningJob("a", (1,), 2000, util=0.5, expected_end=end, job_id=12, unsaved_s=unsaved),
+            RunningJob("a", (1,), 6000, util=0.5, expected_end=end, job_id=11, stop_s=stop),
+            RunningJob("a", (1,), 2000, util=0.5, expected_end=end, job_id=12, stop_s=stop),
         ]
 
     decision = schedule([big], nodes, now=0, running=running())
@@ -542,10 +542,10 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     assert decision.waiting[1].kind == "preempting"
     assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
     # Not without checkpoints, nor for a short wait, nor when disabled.
-    assert schedule([big], nodes, now=0, running=running(unsaved=None)).preemptions == []
-    # Nor jobs whose last checkpoint is so old (long epochs) that a stop loses over half the 20000 s it saves.
-    assert schedule([big], nodes, now=0, running=running(unsaved=9000.0)).preemptions != []
-    assert schedule([big], nodes, now=0, running=running(unsaved=11000.0)).preemptions == []
+    assert schedule([big], nodes, now=0, running=running(stop=None)).preemptions == []
+    # Nor jobs whose epoch ends so late (long epochs) that their stop takes over half the 20000 s it saves.
+    assert schedule([big], nodes, now=0, running=running(stop=9000.0)).preemptions != []
+    assert schedule([big], nodes, now=0, running=running(stop=11000.0)).preemptions == []
     # With half its run time left, job 11 could move to GPU 0, but job 12 would stay beside the big job as long:
     # it would rather wait than share their compute.
     assert schedule([big], nodes, now=0, running=running(end=60000.0)).preemptions == []
@@ -561,8 +561,8 @@ def test_a_critical_job_that_shares_a_gpu_also_makes_room_rather_than_wait() -> 
     nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 8576, util=1.0)))]
     running = [
         RunningJob("a", (0,), 20000, util=0.5, expected_end=30000.0, job_id=10),
-        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=11, unsaved_s=300.0),
-        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=12, unsaved_s=300.0),
+        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=11, stop_s=300.0),
+        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=12, stop_s=300.0),
     ]
 
     decision = schedule([PendingJob(1, 10000, util=0.5, duration_s=100000)], nodes, now=0, running=running)
@@ -570,7 +570,7 @@ def test_a_critical_job_that_shares_a_gpu_also_makes_room_rather_than_wait() -> 
     assert decision.preemptions == [Preemption(1, "a", 1, (11,))]
     assert "stopping jobs 11 on a GPU 1" in decision.waiting[1].reason
     # The job left beside it need not have a checkpoint: it is not stopped, only soon gone.
-    beside = [*running[:2], replace(running[2], unsaved_s=None)]
+    beside = [*running[:2], replace(running[2], stop_s=None)]
     assert schedule([PendingJob(1, 10000, util=0.5, duration_s=100000)], nodes, now=0, running=beside).preemptions == [
         Preemption(1, "a", 1, (11,))
     ]
@@ -589,7 +589,7 @@ def test_no_job_is_stopped_for_a_critical_job_that_would_still_rather_wait(
     nodes = [NodeState("a", 8, (GpuState(0, 2576, util=1.2), GpuState(1, 4576, util=0.5)))]
     running = [
         RunningJob("a", (0,), 8000, util=1.0, expected_end=4000.0, job_id=10),
-        RunningJob("a", (0,), 14000, util=0.2, expected_end=3000.0, job_id=11, unsaved_s=300.0),
+        RunningJob("a", (0,), 14000, util=0.2, expected_end=3000.0, job_id=11, stop_s=300.0),
         RunningJob("a", (1,), 20000, util=0.5, expected_end=other_gpu_frees_at, job_id=12),
     ]
 
@@ -607,11 +607,11 @@ def test_a_big_job_of_two_gpus_makes_room_on_two_gpus_at_once(checkpointed: bool
     big = PendingJob(1, 22000, gpus=2, util=0.5, duration_s=100000)
     gpus = (GpuState(0, 20576, util=0.5), GpuState(1, 18576, util=0.5), GpuState(2, 18576, util=0.5))
     nodes = [NodeState("a", 8, gpus)]
-    unsaved = 300.0 if checkpointed else None
+    stop = 300.0 if checkpointed else None
     running = [
         RunningJob("a", (0,), 4000, util=0.5, expected_end=30000.0, job_id=10),
-        RunningJob("a", (1,), 6000, util=0.5, expected_end=20000.0, job_id=11, unsaved_s=300.0),
-        RunningJob("a", (2,), 6000, util=0.5, expected_end=20000.0, job_id=12, unsaved_s=unsaved),
+        RunningJob("a", (1,), 6000, util=0.5, expected_end=20000.0, job_id=11, stop_s=300.0),
+        RunningJob("a", (2,), 6000, util=0.5, expected_end=20000.0, job_id=12, stop_s=stop),
     ]
 
     decision = schedule([big], nodes, now=0, running=running)
@@ -635,8 +635,8 @@ def test_of_two_big_jobs_the_one_with_less_left_gives_way(left: float, preempted
     big = PendingJob(1, 22000, util=0.5, duration_s=100000)
     nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 4576, util=0.5)))]
     running = [
-        RunningJob("a", (0,), 20000, util=0.5, expected_end=left, job_id=10, unsaved_s=300.0),
-        RunningJob("a", (1,), 20000, util=0.5, expected_end=90000.0, job_id=11, unsaved_s=300.0),
+        RunningJob("a", (0,), 20000, util=0.5, expected_end=left, job_id=10, stop_s=300.0),
+        RunningJob("a", (1,), 20000, util=0.5, expected_end=90000.0, job_id=11, stop_s=300.0),
     ]
 
     preemptions = schedule([big], nodes, now=0, running=running).preemptions
@@ -654,8 +654,8 @@ def test_a_long_job_in_a_big_jobs_way_moves_to_another_gpu(room_elsewhere: bool)
     free_1 = 19576 if room_elsewhere else 4576
     nodes = [NodeState("a", 8, (GpuState(0, 19576, util=0.3), GpuState(1, free_1, util=0.3)))]
     running = [
-        RunningJob("a", (0,), 5000, util=0.3, expected_end=150000.0, job_id=10, unsaved_s=300.0),
-        RunningJob("a", (1,), 24576 - free_1, util=0.3, expected_end=150000.0, job_id=11, unsaved_s=300.0),
+        RunningJob("a", (0,), 5000, util=0.3, expected_end=150000.0, job_id=10, stop_s=300.0),
+        RunningJob("a", (1,), 24576 - free_1, util=0.3, expected_end=150000.0, job_id=11, stop_s=300.0),
     ]
 
     preemptions = schedule([big], nodes, now=0, running=running).preemptions
@@ -672,6 +672,24 @@ def test_a_long_job_in_a_big_jobs_way_moves_to_another_gpu(room_elsewhere: bool)
     assert sorted((p.job_id, p.gpu_indices) for p in placements) == [(1, (0,)), (10, (1,))]
 
 
+@pytest.mark.parametrize(("stop_0", "stop_1", "gpu"), [(250.0, 20.0, 1), (20.0, 250.0, 0)])
+def test_of_two_rooms_alike_a_preemption_takes_the_one_whose_job_stops_sooner(
+    stop_0: float, stop_1: float, gpu: int
+) -> None:
+    """Stopping either GPU's 8000 MB job makes room for a 22000 MB job: the one whose epoch ends sooner stops
+    (it loses no work either way, and the room comes sooner)."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=100000)
+    nodes = [NodeState("a", 8, (GpuState(0, 16576, util=0.5), GpuState(1, 16576, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 8000, util=0.5, expected_end=20000.0, job_id=10, stop_s=stop_0),
+        RunningJob("a", (1,), 8000, util=0.5, expected_end=20000.0, job_id=11, stop_s=stop_1),
+    ]
+
+    [preemption] = schedule([big], nodes, now=0, running=running).preemptions
+
+    assert (preemption.gpu, preemption.job_ids) == (gpu, (10 + gpu,))
+
+
 @pytest.mark.parametrize("stopping", [False, True])
 def test_a_preemption_stays_on_the_gpu_whose_jobs_are_already_stopping(stopping: bool) -> None:
     """Stopping GPU 1's 4000 MB job makes room with fewer MB than GPU 0's 8000 MB one; but once GPU 0's job
@@ -679,8 +697,8 @@ def test_a_preemption_stays_on_the_gpu_whose_jobs_are_already_stopping(stopping:
     big = PendingJob(1, 22000, util=0.5, duration_s=100000)
     nodes = [NodeState("a", 8, (GpuState(0, 14000, util=0.5), GpuState(1, 18000, util=0.5)))]
     running = [
-        RunningJob("a", (0,), 8000, util=0.5, expected_end=20000.0, job_id=10, unsaved_s=60.0, stopping=stopping),
-        RunningJob("a", (1,), 4000, util=0.5, expected_end=20000.0, job_id=11, unsaved_s=60.0),
+        RunningJob("a", (0,), 8000, util=0.5, expected_end=20000.0, job_id=10, stop_s=60.0, stopping=stopping),
+        RunningJob("a", (1,), 4000, util=0.5, expected_end=20000.0, job_id=11, stop_s=60.0),
     ]
 
     [preemption] = schedule([big], nodes, now=0, running=running).preemptions
@@ -694,16 +712,17 @@ def two_stacked(**fields: object) -> tuple[list[NodeState], list[RunningJob]]:
     but GPU 0's ends at 140,000 s."""
     nodes = [NodeState("a", 8, (GpuState(0, 14000, util=1.8), GpuState(1, 20000, util=0.5)))]
     running = [
-        RunningJob("a", (0,), 5000, util=0.9, expected_end=180000.0, job_id=10, unsaved_s=300.0, **fields),  # type: ignore[arg-type]
-        RunningJob("a", (0,), 5000, util=0.9, expected_end=90000.0, job_id=11, unsaved_s=300.0, **fields),  # type: ignore[arg-type]
-        RunningJob("a", (1,), 4000, util=0.5, expected_end=10000.0, job_id=12, unsaved_s=300.0),
+        RunningJob("a", (0,), 5000, util=0.9, expected_end=180000.0, job_id=10, stop_s=300.0, **fields),  # type: ignore[arg-type]
+        RunningJob("a", (0,), 5000, util=0.9, expected_end=90000.0, job_id=11, stop_s=300.0, **fields),  # type: ignore[arg-type]
+        RunningJob("a", (1,), 4000, util=0.5, expected_end=10000.0, job_id=12, stop_s=300.0),
     ]
     return nodes, running
 
 
 def test_a_checkpointed_job_moves_off_the_gpu_whose_work_would_end_last() -> None:
-    """Moving job 11 (50,000 s left, redoing 300 s) to GPU 1 has GPU 0 end at 100,000 s and GPU 1 at about
-    54,300 s; moving job 10 instead would end at about 104,300 s. The move is job 11's."""
+    """Moving job 11 (50,000 s left: it stops at the end of its epoch, losing nothing) to GPU 1 has GPU 0 end
+    at 100,000 s and GPU 1 at about 54,000 s; moving job 10 instead would end at about 104,000 s. The move is
+    job 11's."""
     nodes, running = two_stacked()
 
     decision = schedule([], nodes, now=0, running=running)
@@ -715,7 +734,7 @@ def test_a_checkpointed_job_moves_off_the_gpu_whose_work_would_end_last() -> Non
 @pytest.mark.parametrize(
     "fields",
     [
-        {"unsaved_s": None},  # no checkpoint to resume from
+        {"stop_s": None},  # no epoch of its own yet
         {"resumed": True},  # moved or preempted once already
         {"stopping": True},  # stopping already
     ],

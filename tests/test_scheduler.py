@@ -402,7 +402,7 @@ def test_a_job_queued_again_after_a_preemption_is_planned_on_what_its_pace_left(
     assert [(p.duration_s, p.duration_is_limit) for p in pending] == [(500.0, False), (1000.0, True)]
 
 
-@pytest.mark.parametrize(("done", "start"), [(1, 0), (2, 2)])
+@pytest.mark.parametrize(("done", "start"), [(1, 0), (3, 2)])
 def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     scheduler: Scheduler,
     sessions: sessionmaker[Session],
@@ -411,10 +411,10 @@ def test_the_scheduler_asks_the_worker_to_stop_a_job_the_policy_preempts(
     start: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A 13000 MB job holds GPU 0 and a 12000 MB one GPU 1; the second has a checkpoint (an epoch done,
-    or resumed at epoch 2 from an earlier attempt's) and ends by its time limit in about 8800 s. A 22000 MB
-    job with a 100000 s limit would wait for it, then end long after it: its worker is asked to stop it.
-    The other, without a checkpoint, is not."""
+    """A 13000 MB job holds GPU 0 and a 12000 MB one GPU 1; the second has a checkpoint (an epoch done, or
+    resumed at epoch 2 from an earlier attempt's and one more done since: its pace tells when it stops) and
+    ends by its time limit in about 8800 s. A 22000 MB job with a 100000 s limit would wait for it, then end
+    long after it: its worker is asked to stop it. The other, without a checkpoint, is not."""
     publish_node(redis, sizes=(24576, 24576))
     other = make_job(sessions, vram_mb=13000)
     scheduler.tick()
@@ -526,26 +526,29 @@ def test_a_preempted_job_is_expected_to_stop_at_the_end_of_its_epoch(
 
 
 @pytest.mark.parametrize(
-    ("status", "done", "start", "at", "unsaved"),
+    ("status", "done", "start", "at", "stop"),
     [
-        (JobStatus.RUNNING, 3, 1, 900.0, 100.0),  # its last epoch ended at 900: 100 s since its checkpoint
-        (JobStatus.RUNNING, 2, 2, 400.0, 500.0),  # resumed at 500 from an earlier attempt's epoch 2
-        (JobStatus.RUNNING, 0, 0, 900.0, None),  # no epoch done: nothing to resume from
+        (JobStatus.RUNNING, 3, 1, 900.0, 100.0),  # 2 epochs from 500 to 900: the one under way ends at 1100
+        (JobStatus.RUNNING, 3, 1, 700.0, 0.0),  # the one under way should have ended at 800: it stops at once
+        (JobStatus.RUNNING, 2, 2, 500.0, None),  # resumed from an earlier attempt's epoch 2: none of its own yet
+        (JobStatus.RUNNING, 0, 0, 500.0, None),  # no epoch done: nothing to resume from
         (JobStatus.DISPATCHED, 3, 1, 900.0, None),  # not running yet
     ],
 )
-def test_a_running_jobs_unsaved_work_is_what_it_did_since_its_last_checkpoint(
-    status: JobStatus, done: int, start: int, at: float, unsaved: float | None
+def test_a_running_job_asked_to_stop_would_stop_at_the_end_of_its_epoch(
+    status: JobStatus, done: int, start: int, at: float, stop: float | None
 ) -> None:
-    """What a preemption would cost it: the policy stops only jobs whose stop loses little (PREEMPT_WORTH)."""
+    """What a preemption costs the job it makes room for: the wait until its victims stop. The policy stops
+    only jobs whose stop comes soon beside the wait it saves (PREEMPT_WORTH). Its fit began at 500; now is 1000."""
     epoch = datetime(2026, 1, 1)
     job = Job(id=7, status=status, vram_mb=1000, started_at=epoch + timedelta(seconds=500), time_limit_s=5000)
-    report = Progress(done=done, total=10, start=start, began=epoch.timestamp(), at=epoch.timestamp() + at)
+    began = epoch.timestamp() + 500
+    report = Progress(done=done, total=10, start=start, began=began, at=epoch.timestamp() + at)
     history = inputs.History({}, {})
 
     [running] = inputs.running_jobs([job], history, epoch + timedelta(seconds=1000), progress={7: report})
 
-    assert running.unsaved_s == unsaved
+    assert running.stop_s == stop
 
 
 def test_the_scheduler_moves_a_job_off_the_gpu_whose_work_would_end_last(

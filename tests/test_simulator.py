@@ -279,16 +279,15 @@ def test_an_oom_grows_the_queued_jobs_alike_under_a_ledger() -> None:
         (2000.0, 0.0, 2100.0),  # runs on to the end of its epoch under way (epochs of EPOCH_S from its start)
         (2100.0, 0.0, 2100.0),  # at the end of one: stops at once
         (2100.0, 1700.0, 2300.0),  # epochs counted from the checkpoint it resumed from
-        (1800.0, 1700.0, 1700.0),  # no epoch of its own yet: stops at once, back to that checkpoint
+        (1800.0, 1700.0, 2000.0),  # not an epoch of its own yet: at the end of its first
         (1700.0, 1700.0, 1700.0),  # stopped as it resumed: loses nothing
     ],
 )
 def test_a_preempted_attempt_stops_at_the_end_of_its_epoch_and_keeps_its_work(
     done: float, resumed: float, stops_at: float
 ) -> None:
-    """As autolog does live: a preempted attempt stops at its next checkpoint and resumes from it; one that has
-    not done an epoch since it resumed stops at once and resumes from the checkpoint it resumed from. The room
-    is made once it has stopped."""
+    """As autolog does live: a preempted attempt stops at its next checkpoint and resumes from it. The room is
+    made once it has stopped."""
     job = TraceJob("j", 0.0, "a", 4000, 3000, 10000.0, 0.5)
     sim = Simulation([job], GPUS, policy="vramq")
     attempt = Attempt(job, 0, 1, 4000, 0, (0,), 0.0, done, resumed, int(resumed > 0))

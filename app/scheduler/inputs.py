@@ -108,9 +108,8 @@ def running_jobs(
 ) -> list[RunningJob]:
     """Active jobs with their compute load (measured, else from history) and expected end: by their time
     limit at the latest (counted from dispatch until they start), sooner where their training's progress
-    says so, else after their history's run time. Their unsaved work: what a stop would lose (see
-    `_unsaved`). `stopping`: the jobs already preempted, finishing their epoch. Resumed: its last attempt was
-    preempted."""
+    says so, else after their history's run time. How long a stop asked now takes (`_stop_s`). `stopping`:
+    the jobs already preempted, finishing their epoch. Resumed: its last attempt was preempted."""
     loads, progress, stopping = loads or {}, progress or {}, stopping or set()
     return [
         RunningJob(
@@ -120,7 +119,7 @@ def running_jobs(
             loads.get(job.id, history.util(job)),
             _expected_end(job, history, progress.get(job.id), now.timestamp(), job.id in stopping),
             job.id,
-            _unsaved(job, progress.get(job.id), now.timestamp()),
+            _stop_s(job, progress.get(job.id), now.timestamp()),
             job.id in stopping,
             job.failure_reason is FailureReason.PREEMPTED,  # kept from its last attempt until it ends
         )
@@ -128,13 +127,15 @@ def running_jobs(
     ]
 
 
-def _unsaved(job: Job, report: Progress | None, now: float) -> float | None:
-    """Seconds of a running attempt's work since its last checkpoint: since its last epoch ended (its autolog
-    saved it), or since it started when that epoch was an earlier attempt's (it resumed from it: the
-    checkpoint stays in its output). None without a checkpoint: nothing to resume from."""
-    if job.status is not JobStatus.RUNNING or job.started_at is None or report is None or report.done <= 0:
+def _stop_s(job: Job, report: Progress | None, now: float) -> float | None:
+    """Seconds until a running attempt asked now to stop would have stopped: at the end of its epoch under way
+    at its pace (its autolog saves that epoch, and the next attempt resumes from it), at once where that epoch
+    runs late. None before an epoch of this attempt's own: no pace to tell (and one that has just resumed is
+    not stopped again)."""
+    if job.status is not JobStatus.RUNNING or job.started_at is None or report is None:
         return None
-    return max(0.0, now - max(report.at, job.started_at.timestamp()))
+    end = report.epoch_end(job.started_at.timestamp())
+    return None if end is None else max(0.0, end - now)
 
 
 def _expected_end(job: Job, history: History, report: Progress | None, now: float, stopping: bool) -> float | None:

@@ -19,8 +19,8 @@ the same `schedule`, so what the benchmark measures is what runs.
   them instead (a reservation).
 - Preemption: a critical job waiting for memory, whose reservation would have it end after every running
   job, stops the jobs of one GPU (of each GPU it needs, on one node) that have checkpointed an epoch
-  (Decision.preemptions), where they lose little since and the job would start in the room at once; they
-  finish their epoch, are queued again and resume from its checkpoint. The job they make room for is
+  (Decision.preemptions), where they stop soon (their epoch ends) and the job would start in the room at once;
+  they finish their epoch, are queued again and resume from its checkpoint. The job they make room for is
   considered first from then on (`making_room`), so that it gets the room. A long job stopped so is moved
   instead: it resumes at once on another GPU where it fits (kept for it while it stops: `moving_to`). A
   big job may stop another big one with under half its run time left, so that they end together.
@@ -62,7 +62,7 @@ from app.scheduler.state import (
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
 PREEMPT_WAIT = 0.05  # a critical job preempts only if it would wait this share of its run time or more
 PREEMPT_LEFT = 0.5  # nor stops a job with this share of the critical job's run time or more still to run
-PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the work it loses, or more
+PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the wait for its jobs to stop, or more
 MOVE_LAST = 0.99  # a job is moved off a GPU whose known work ends this close to the last end (of the time left)
 MOVE_GAIN = 0.02  # where that end comes sooner by this share of the time left
 MOVE_COST_S = 600.0  # and by this much at least: a restart costs the job its start-up again
@@ -253,11 +253,11 @@ def moves(
 ) -> list[Preemption]:
     """Checkpointed jobs moved off the GPU whose known work ends last, to a GPU of its node that drains
     sooner. Only when that last end is after `drained` (when all known work would end, packed perfectly):
-    the GPU then sets a new end on its own. A move stops the job at the end of its epoch; it is queued
-    again and considered first (`making_room`), where it ends soonest. Only where the last end comes
-    sooner by MOVE_GAIN of the time left and MOVE_COST_S at least, counting the work the job redoes; once
-    per job (not one that resumed already); never onto `held` GPUs (the reservation's, or those a
-    preemption empties); and on a node where a job is stopping (preempted or moved), not before it has."""
+    the GPU then sets a new end on its own. A move stops the job at the end of its epoch, losing no work;
+    it is queued again and considered first (`making_room`), where it ends soonest. Only where the last end
+    comes sooner by MOVE_GAIN of the time left and MOVE_COST_S at least (its restart); once per job (not one
+    that resumed already); never onto `held` GPUs (the reservation's, or those a preemption empties); and on
+    a node where a job is stopping (preempted or moved), not before it has."""
     if not cluster.finish:
         return []
     last = max(cluster.finish.values())
@@ -275,7 +275,7 @@ def moves(
         for job in cluster.running:
             if job.gpu_indices != (key[1],) or job.node != key[0] or not _movable(job, cluster, stopped):
                 continue
-            assert job.job_id is not None and job.unsaved_s is not None
+            assert job.job_id is not None
             left = cluster.left[job.job_id]
             rest = list(cluster.work[key])
             rest.remove((left, job.util))
@@ -283,7 +283,7 @@ def moves(
             for there, free in cluster.free.items():
                 if there == key or there[0] != key[0] or there in held | used or free < job.vram_mb:
                     continue
-                moved = [*cluster.work[there], (left + job.unsaved_s, job.util)]
+                moved = [*cluster.work[there], (left, job.util)]
                 new = max(here, finish_time(now, moved, cluster.background[there]))
                 if new <= end - max(MOVE_COST_S, MOVE_GAIN * (last - now)) and (best is None or new < best[0]):
                     best = (new, Preemption(job.job_id, there[0], there[1], (job.job_id,)), there)
@@ -298,7 +298,7 @@ def _movable(job: RunningJob, cluster: Cluster, stopped: set[int]) -> bool:
         job.job_id is not None
         and job.job_id in cluster.left
         and job.job_id not in stopped
-        and job.unsaved_s is not None
+        and job.stop_s is not None
         and not job.stopping
         and not job.resumed
     )
@@ -313,19 +313,19 @@ def preemptions(
     cap: float | None = None,
 ) -> list[Preemption]:
     """Room for critical jobs waiting for memory, made by stopping jobs that resume from their last epoch
-    checkpoint, where waiting for room would set a new end: the job's reservation starts so late that it
-    would end after every running job. Only jobs with a checkpoint are stopped; one with as much as half
-    the critical job's run time left (it would soon give the room back anyway) only if it can resume at
-    once on another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the critical
-    one must end within that half (else it would rather wait than share their compute). That may be
-    another big job: of two that cannot share a GPU, the one with less left gives way, so that the big
-    jobs end together rather than one after another (preemptive scheduling's longest remaining work
-    first; the one that gave way can in turn stop only a job with less than half its own time left). And
-    only where the work they lose (since their checkpoints) is small beside the wait saved, and where the job
-    would then start at once, not still rather wait for a GPU that drains soon than share one (`_deferred`);
-    the fewest megabytes stopped, then the least work lost. Jobs preempted already (finishing their epoch) cost
-    nothing more: a GPU they make room on stays the choice while they stop. A job of N GPUs has room made
-    on N GPUs of one node at once (one Preemption per GPU with jobs to stop)."""
+    checkpoint, where waiting for room would set a new end: the job's reservation starts so late that it would end
+    after every running job. Only jobs with an epoch of their own are stopped (`stop_s`); one with as much as half
+    the critical job's run time left (it would soon give the room back anyway) only if it can resume at once on
+    another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the critical one must end
+    within that half (else it would rather wait than share their compute). That may be another big job: of two that
+    cannot share a GPU, the one with less left gives way, so that the big jobs end together rather than one after
+    another (preemptive scheduling's longest remaining work first; the one that gave way can in turn stop only a job
+    with less than half its own time left). And only where the wait for them to stop (the rest of their epoch: they
+    lose no work) is small beside the wait saved, and where the job would then start at once, not still rather wait
+    for a GPU that drains soon than share one (`_deferred`); the fewest megabytes stopped, then the soonest stop.
+    Jobs preempted already (finishing their epoch) cost nothing more: a GPU they make room on stays the choice while
+    they stop. A job of N GPUs has room made on N GPUs of one node at once (one Preemption per GPU with jobs to
+    stop)."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
@@ -345,9 +345,9 @@ def preemptions(
                     continue
                 victims, relocations = found
                 fresh = [r for on in victims.values() for r in on if not r.stopping]
-                lost = sum(r.unsaved_s or 0.0 for r in fresh)
-                cost = (sum(r.vram_mb for r in fresh), lost)
-                if lost * PREEMPT_WORTH <= start - now and (best is None or cost < best[0]):
+                stop = max((r.stop_s or 0.0 for r in fresh), default=0.0)
+                cost = (sum(r.vram_mb for r in fresh), stop)
+                if stop * PREEMPT_WORTH <= start - now and (best is None or cost < best[0]):
                     rooms = [
                         Preemption(job.id, key[0], key[1], tuple(r.job_id for r in on if r.job_id is not None))
                         for key, on in victims.items()
@@ -372,7 +372,7 @@ def preemptions(
 
 def _deferred(cluster: Cluster, job: PendingJob, gone: list[RunningJob], now: float, cap: float | None) -> bool:
     """Whether the critical `job` would still wait once the `gone` jobs have stopped, for a GPU rather than
-    share one (`sooner_later`): then stopping them would lose their work for nothing."""
+    share one (`sooner_later`): then they would stop for nothing."""
     after = cluster.without(gone, now)
     placement = after.best_fit(job, cap, now, critical=True)
     return placement is None or sooner_later(after, job, placement, now) is not None
@@ -425,7 +425,7 @@ def _relocation(
 ) -> tuple[str, int] | None:
     """The least loaded GPU where a checkpointed single-GPU job fits now, within the compute cap (a job
     stopping already never gets here: it is `_preemptible`)."""
-    if victim.unsaved_s is None or len(victim.gpu_indices) != 1:
+    if victim.stop_s is None or len(victim.gpu_indices) != 1:
         return None
     fits = [k for k in room if room[k] >= victim.vram_mb and (cap is None or load[k] + victim.util <= cap)]
     return min(fits, key=lambda k: (load[k], -room[k]), default=None)
@@ -433,7 +433,7 @@ def _relocation(
 
 def _preemptible(victim: RunningJob, job: PendingJob, now: float) -> bool:
     return victim.stopping or (
-        victim.unsaved_s is not None
+        victim.stop_s is not None
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1
         and _ends_soon(victim, job, now)

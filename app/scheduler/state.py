@@ -42,9 +42,10 @@ class RunningJob:
     util: float = DEFAULT_UTIL
     expected_end: float | None = None  # None: unknown (no time limit, progress or history, or past them)
     job_id: int | None = None
-    # Seconds of its work a stop would lose: since its last checkpoint (an epoch its autolog saved, which
-    # its next attempt resumes from). None: it has none, and is never preempted.
-    unsaved_s: float | None = None
+    # Seconds a stop asked now takes: to the end of its epoch under way, where its autolog saves a checkpoint
+    # that its next attempt resumes from (nothing is lost). None: no epoch of its own yet (no pace to tell,
+    # or it has just resumed): never preempted.
+    stop_s: float | None = None
     stopping: bool = False  # preempted already: it stops at the end of its epoch
     resumed: bool = False  # its last attempt was preempted (it resumed from a checkpoint): it is not moved again
 

@@ -43,9 +43,8 @@ CONFIGS = {
 }
 GROWTH_FRACTION = 0.10  # memory reaches its peak after this share of the work
 # A job checkpoints at the end of each epoch of this much work (a few minutes), counted from the checkpoint
-# it started from; it is preemptible once it has one. Preempted, it runs on to the end of the epoch under way
-# and stops there, keeping all its work, as autolog does live; one without an epoch of its own since it
-# resumed is stopped at once and keeps the checkpoint it resumed from.
+# it started from; it is preemptible once it has an epoch of its own. Preempted, it runs on to the end of the
+# epoch under way and stops there, keeping all its work, as autolog does live.
 EPOCH_S = 300.0
 EPS = 1e-7
 
@@ -210,7 +209,8 @@ class Simulation:
                 a.job.util,
                 self.now + (min(a.job.duration_s, a.stop_at or math.inf) - a.done) / rates[id(a)],
                 a.index,
-                _unsaved(a) if a.done >= EPOCH_S else None,  # once it has a checkpoint (an epoch done)
+                # Once it has an epoch of its own: a stop comes at the end of the epoch under way.
+                (_stop_mark(a) - a.done) / rates[id(a)] if a.done - a.resumed >= EPOCH_S - EPS else None,
                 a.stop_at is not None,
                 resumed=a.preempted > 0,
             )
@@ -502,10 +502,8 @@ def _unsaved(attempt: Attempt) -> float:
 
 
 def _stop_mark(attempt: Attempt) -> float:
-    """The work done when a preempted attempt stops: at the end of its epoch under way once it has an epoch of
-    its own (at once, at the end of one); at once before (it keeps the checkpoint it resumed from)."""
-    if attempt.done - attempt.resumed < EPOCH_S - EPS:
-        return attempt.done
+    """The work done when a preempted attempt stops: at the end of its epoch under way (at once, at the end of
+    one)."""
     unsaved = _unsaved(attempt)
     return attempt.done if unsaved < EPS else attempt.done - unsaved + EPOCH_S
 
