@@ -111,20 +111,26 @@ def running_jobs(
     says so, else after their history's run time. How long a stop asked now takes (`_stop_s`). `stopping`:
     the jobs already preempted, finishing their epoch. Resumed: its last attempt was preempted."""
     loads, progress, stopping = loads or {}, progress or {}, stopping or set()
-    return [
-        RunningJob(
-            job.node or "",
-            tuple(job.gpu_indices or ()),
-            job.vram_mb,
-            loads.get(job.id, history.util(job)),
-            _expected_end(job, history, progress.get(job.id), now.timestamp(), job.id in stopping),
-            job.id,
-            _stop_s(job, progress.get(job.id), now.timestamp()),
-            job.id in stopping,
-            job.failure_reason is FailureReason.PREEMPTED,  # kept from its last attempt until it ends
+    moment = now.timestamp()
+    jobs = []
+    for job in active:
+        report = progress.get(job.id)
+        stop_s = _stop_s(job, report, moment)
+        stops_at = moment + stop_s if job.id in stopping and stop_s is not None else None  # preempted already
+        jobs.append(
+            RunningJob(
+                job.node or "",
+                tuple(job.gpu_indices or ()),
+                job.vram_mb,
+                loads.get(job.id, history.util(job)),
+                _expected_end(job, history, report, moment, stops_at),
+                job.id,
+                stop_s,
+                job.id in stopping,
+                job.failure_reason is FailureReason.PREEMPTED,  # kept from its last attempt until it ends
+            )
         )
-        for job in active
-    ]
+    return jobs
 
 
 def _stop_s(job: Job, report: Progress | None, now: float) -> float | None:
@@ -138,9 +144,12 @@ def _stop_s(job: Job, report: Progress | None, now: float) -> float | None:
     return None if end is None else max(0.0, end - now)
 
 
-def _expected_end(job: Job, history: History, report: Progress | None, now: float, stopping: bool) -> float | None:
+def _expected_end(
+    job: Job, history: History, report: Progress | None, now: float, stops_at: float | None
+) -> float | None:
     """None: unknown (no time limit, and no progress or history, or it ran past what they said). A job being
-    preempted stops at the end of the epoch under way, at its pace (or now, where that epoch runs late)."""
+    preempted ends by `stops_at`: the end of the epoch under way, at its pace (or now, where that epoch runs
+    late; `_stop_s`)."""
     since = job.started_at or job.dispatched_at
     if since is None:
         return None
@@ -150,9 +159,7 @@ def _expected_end(job: Job, history: History, report: Progress | None, now: floa
         guess = since.timestamp() + typical  # a time limit is a promise: history does not overrule it
     if guess is not None and guess <= now:
         guess = None
-    ends = [end for end in (limit, guess) if end is not None]
-    if stopping and report and job.started_at and (stop := report.epoch_end(job.started_at.timestamp())) is not None:
-        ends.append(max(stop, now))
+    ends = [end for end in (limit, guess, stops_at) if end is not None]
     return min(ends) if ends else None
 
 

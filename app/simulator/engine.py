@@ -84,6 +84,10 @@ class Attempt:
     def growing(self) -> bool:
         return self.done < GROWTH_FRACTION * self.job.duration_s - EPS
 
+    def stopped(self) -> bool:
+        """Preempted, and at the end of its epoch under way: it stops now."""
+        return self.stop_at is not None and self.done >= self.stop_at - EPS
+
 
 @dataclass
 class Waiting:
@@ -268,7 +272,7 @@ class Simulation:
             room.made = None
             if a.stop_at is None:
                 a.stop_at = _stop_mark(a)
-            if a.done >= a.stop_at - EPS:
+            if a.stopped():
                 self._end(a, "preempted")
 
     def _decide_simple(
@@ -429,7 +433,7 @@ class Simulation:
                 self._end(a, "oom")
             elif a.done >= a.job.duration_s - EPS:
                 self._end(a, "succeeded")
-            elif a.stop_at is not None and a.done >= a.stop_at - EPS:
+            elif a.stopped():
                 self._end(a, "preempted")
             else:
                 continue
