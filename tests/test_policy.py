@@ -546,9 +546,9 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
     # Nor jobs whose epoch ends so late (long epochs) that their stop takes over half the 20000 s it saves.
     assert schedule([big], nodes, now=0, running=running(stop=9000.0)).preemptions != []
     assert schedule([big], nodes, now=0, running=running(stop=11000.0)).preemptions == []
-    # With half its run time left, job 11 could move to GPU 0, but job 12 would stay beside the big job as long:
-    # it would rather wait than share their compute.
-    assert schedule([big], nodes, now=0, running=running(end=60000.0)).preemptions == []
+    # With 0.7 of its run time left (PREEMPT_LEFT is 0.65), job 11 could move to GPU 0, but job 12 would stay
+    # beside the big job as long: it would rather wait than share their compute.
+    assert schedule([big], nodes, now=0, running=running(end=70000.0)).preemptions == []
     assert schedule([big], nodes, now=0, running=running(end=3000.0)).preemptions == []
     off = PolicyConfig(preempt=False)
     assert schedule([big], nodes, now=0, running=running(), config=off).preemptions == []
@@ -557,7 +557,7 @@ def test_a_big_critical_job_preempts_the_checkpointed_small_jobs_of_one_gpu_rath
 def test_a_critical_job_that_shares_a_gpu_also_makes_room_rather_than_wait() -> None:
     """A 10000 MB job of 100000 s (it could share a GPU) fits nowhere before GPU 1's two checkpointed 8000 MB
     jobs end at 20000 s, and waiting it would end long after every running job: it stops one of them, and
-    the one left beside it ends within half its run time. A 1000 s job alike waits: it is not critical."""
+    the one left beside it ends within PREEMPT_LEFT of its run time. A 1000 s job alike waits: it is not critical."""
     nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 8576, util=1.0)))]
     running = [
         RunningJob("a", (0,), 20000, util=0.5, expected_end=30000.0, job_id=10),
@@ -627,11 +627,11 @@ def test_a_big_job_of_two_gpus_makes_room_on_two_gpus_at_once(checkpointed: bool
     assert placements == [Placement(1, "a", (1, 2))]
 
 
-@pytest.mark.parametrize(("left", "preempted"), [(40000.0, True), (60000.0, False)])
+@pytest.mark.parametrize(("left", "preempted"), [(60000.0, True), (70000.0, False)])
 def test_of_two_big_jobs_the_one_with_less_left_gives_way(left: float, preempted: bool) -> None:
     """Each GPU runs a 20000 MB job; a queued 22000 MB one of 100000 s would wait for GPU 0's to end at
-    40000 s and end at 140000, long after GPU 1's (90000). GPU 0's job, with under half that run time left,
-    stops and resumes later, so the three end closer together; one with 60000 s left does not."""
+    60000 s and end at 160000, long after GPU 1's (90000). GPU 0's job, with under PREEMPT_LEFT (0.65) of that
+    run time left, stops and resumes later, so the three end closer together; one with 70000 s left does not."""
     big = PendingJob(1, 22000, util=0.5, duration_s=100000)
     nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 4576, util=0.5)))]
     running = [

@@ -23,7 +23,7 @@ the same `schedule`, so what the benchmark measures is what runs.
   they finish their epoch, are queued again and resume from its checkpoint. The job they make room for is
   considered first from then on (`making_room`), so that it gets the room. A long job stopped so is moved
   instead: it resumes at once on another GPU where it fits (kept for it while it stops: `moving_to`). A
-  big job may stop another big one with under half its run time left, so that they end together.
+  big job may stop another big one with under PREEMPT_LEFT of its run time left, so that they end together.
 - Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
   packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`, `moving_to`).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
@@ -61,7 +61,7 @@ from app.scheduler.state import (
 
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
 PREEMPT_WAIT = 0.05  # a critical job preempts only if it would wait this share of its run time or more
-PREEMPT_LEFT = 0.5  # nor stops a job with this share of the critical job's run time or more still to run
+PREEMPT_LEFT = 0.65  # nor queues again a job with this share of the critical job's run time or more still to run
 PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the wait for its jobs to stop, or more
 MOVE_LAST = 0.99  # a job is moved off a GPU whose known work ends this close to the last end (of the time left)
 MOVE_GAIN = 0.02  # where that end comes sooner by this share of the time left
@@ -314,18 +314,18 @@ def preemptions(
 ) -> list[Preemption]:
     """Room for critical jobs waiting for memory, made by stopping jobs that resume from their last epoch
     checkpoint, where waiting for room would set a new end: the job's reservation starts so late that it would end
-    after every running job. Only jobs with an epoch of their own are stopped (`stop_s`); one with as much as half
-    the critical job's run time left (it would soon give the room back anyway) only if it can resume at once on
-    another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the critical one must end
-    within that half (else it would rather wait than share their compute). That may be another big job: of two that
-    cannot share a GPU, the one with less left gives way, so that the big jobs end together rather than one after
-    another (preemptive scheduling's longest remaining work first; the one that gave way can in turn stop only a job
-    with less than half its own time left). And only where the wait for them to stop (the rest of their epoch: they
-    lose no work) is small beside the wait saved, and where the job would then start at once, not still rather wait
-    for a GPU that drains soon than share one (`_deferred`); the fewest megabytes stopped, then the soonest stop.
-    Jobs preempted already (finishing their epoch) cost nothing more: a GPU they make room on stays the choice while
-    they stop. A job of N GPUs has room made on N GPUs of one node at once (one Preemption per GPU with jobs to
-    stop)."""
+    after every running job. Only jobs with an epoch of their own are stopped (`stop_s`); one with PREEMPT_LEFT of
+    the critical job's run time or more left (queued again, it would wait and then set an end of its own) only if
+    it can resume at once on another GPU of the node (a move of its own, `_room_on`); and the jobs left beside the
+    critical one must end within that share (else it would rather wait than share their compute). That may be
+    another big job: of two that cannot share a GPU, the one with less left gives way, so that the big jobs end
+    together rather than one after another (preemptive scheduling's longest remaining work first; the one that gave
+    way can in turn stop only a job with less than that share of its own time left). And only where the wait for
+    them to stop (the rest of their epoch: they lose no work) is small beside the wait saved, and where the job would
+    then start at once, not still rather wait for a GPU that drains soon than share one (`_deferred`); the fewest
+    megabytes stopped, then the soonest stop. Jobs preempted already (finishing their epoch) cost nothing more: a GPU
+    they make room on stays the choice while they stop. A job of N GPUs has room made on N GPUs of one node at once
+    (one Preemption per GPU with jobs to stop)."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
@@ -412,7 +412,7 @@ def _room_on(
                 relocations.append(Preemption(r.job_id, target[0], target[1], (r.job_id,)))
             stopped.append(r)
             free += r.vram_mb
-        # Those left beside it end within half its run time (else it would rather wait than share their compute).
+        # Those left beside it end within PREEMPT_LEFT of its run time (else it would rather wait than share compute).
         if free < job.vram_mb or not all(_ends_soon(r, job, now) for r in on if r not in stopped):
             return None
         if stopped:
