@@ -1,7 +1,7 @@
 """Counts how often `vramq` meets the issue's targets on many generated traces (held-out seeds).
 
     .venv/bin/python bench/targets.py [--seeds 1-40] [--jobs 300] [--loads 1.2,1.6,2.5] [--workers 2] [--explain]
-        [--util-unknown] [--limit-factor F] [--set NAME=VALUE ...]
+        [--util-unknown] [--limit-factor F] [--restart-cost S] [--set NAME=VALUE ...]
 
 Targets per trace: makespan within 1.15x of the lower bound (1.3x at load 2.5 and above), mean JCT at
 most half of `exclusive`'s, no OOM caused by another job, every schedule row feasible.
@@ -19,6 +19,8 @@ By default the policy knows each queued job's utilisation and run time exactly (
 --util-unknown starts with no history: a job is at utilisation 0.5 until a job of its fingerprint (user,
 request, GPUs) has started and been measured; --limit-factor F gives it time limits F times the true run
 time instead, which it knows to be limits (upper bounds), as the live scheduler knows a job's time_limit_s.
+--restart-cost S charges each preempted or moved job S seconds of its solo work when it resumes (start-up and
+loading its checkpoint; by default a restart is free): how much the preemptions and moves gain once restarts cost.
 Each trace also shows mk/TB, the makespan over a tighter bound that is just as valid (the summary's
 tight_bound_s: the largest of the published one, trace.whole_gpu_bound and fluid.fluid_bound): jobs of more
 than half a GPU's memory never share one, so a sweep of them can need far more than the published bound;
@@ -130,12 +132,12 @@ def setting(text: str) -> tuple[str, float | bool | None]:
 
 
 def check(
-    args: tuple[int, float, int, str, bool, Estimates, PolicyConfig],
+    args: tuple[int, float, int, str, bool, Estimates, PolicyConfig, float],
 ) -> tuple[int, float, float, float, float, int, int, tuple[str, str, str, str], tuple[int, int, int, int]]:
-    seed, load, jobs, gpus, explain, estimates, config = args
+    seed, load, jobs, gpus, explain, estimates, config, restart_s = args
     sizes = parse_gpu_spec(gpus)
     trace = generate(jobs, load, sizes, seed=seed)
-    sim = Simulation(trace, sizes, policy="vramq", estimates=estimates, config=config)
+    sim = Simulation(trace, sizes, policy="vramq", estimates=estimates, config=config, restart_s=restart_s)
     result = sim.run()
     vramq = summarise(sim, result)
     ratio = vramq["makespan_over_bound"] or 0
@@ -164,15 +166,18 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="name the jobs behind each makespan miss")
     parser.add_argument("--util-unknown", action="store_true", help="no utilisation history: 0.5 until measured")
     parser.add_argument("--limit-factor", type=positive, help="time limits this many times the run time")
+    parser.add_argument("--restart-cost", type=float, default=0.0, help="seconds a resumed job redoes")
     parser.add_argument("--set", type=setting, action="append", default=[], help="NAME=VALUE: a policy setting")
     args = parser.parse_args()
+    if not 0 <= args.restart_cost < math.inf:
+        parser.error(f"--restart-cost {args.restart_cost:g}: give a number of seconds, 0 or more")
     first, last = (int(x) for x in args.seeds.split("-"))
     estimates = Estimates(util_known=not args.util_unknown, limit_factor=args.limit_factor)
     config = replace(CONFIGS["vramq"], **dict(args.set))
     if args.set:
         print(f"policy settings: {config}")
     cases = [
-        (s, float(load), args.jobs, args.gpus, args.explain, estimates, config)
+        (s, float(load), args.jobs, args.gpus, args.explain, estimates, config, args.restart_cost)
         for load in args.loads.split(",")
         for s in range(first, last + 1)
     ]

@@ -166,6 +166,22 @@ def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoi
     assert infeasibilities(jobs, rows, [24576] * 2, ledger=True) == []
 
 
+def test_a_restart_costs_the_resumed_jobs_its_seconds_of_work() -> None:
+    """The same preemption with a restart of 300 s: s0 and s1 resume at t=1200 from 900 s of work, not 1200.
+    All four small jobs share GPU 1 (load 1.6) until s2 and s3 end at 1200 + 18800 * 1.6 = 31280, where without
+    the restart s0 and s1 end with them; they end 300 s later, the big job as before."""
+    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
+    jobs = [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)]
+
+    free = Simulation(jobs, [24576] * 2).run()
+    costly = Simulation(jobs, [24576] * 2, restart_s=300.0).run()
+
+    assert [a.done for a in costly.attempts if a.number == 2] == [pytest.approx(20000.0)] * 2
+    assert [a.resumed for a in costly.attempts if a.number == 2] == [pytest.approx(900.0)] * 2
+    assert [free.finished[i][0] for i in range(5)] == pytest.approx([31280.0] * 4 + [101200.0])
+    assert [costly.finished[i][0] for i in range(5)] == pytest.approx([31580.0] * 2 + [31280.0] * 2 + [101200.0])
+
+
 def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:
     """The same two busy jobs: without a compute cap, the second starts beside the first (bench/targets.py
     --set compute_cap=none)."""

@@ -95,7 +95,7 @@ class Waiting:
     job: TraceJob
     request_mb: int
     number: int = 1
-    done: float = 0.0  # work kept from a preempted attempt (its last checkpoint)
+    done: float = 0.0  # work kept from a preempted attempt (its last checkpoint, less Simulation.restart_s)
     preempted: int = 0
 
 
@@ -142,8 +142,12 @@ class Simulation:
         half_life_s: float = 24 * 3600,
         estimates: Estimates = Estimates(),
         config: PolicyConfig | None = None,
+        restart_s: float = 0.0,
     ) -> None:
-        """`config` replaces a ledger policy's settings (bench/targets.py --set explores them)."""
+        """`config` replaces a ledger policy's settings (bench/targets.py --set explores them). `restart_s`: what
+        resuming from a checkpoint costs a preempted or moved job, in seconds of its solo work (the process, the
+        framework and the data pipeline start again and the checkpoint loads): it resumes that much short of its
+        checkpoint. 0: a restart is free."""
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
         if config is not None and policy not in CONFIGS:
@@ -153,6 +157,7 @@ class Simulation:
         self.nodes = nodes
         self.policy = policy
         self.max_retries = max_retries
+        self.restart_s = restart_s
         self.estimates = estimates
         self.config = config or CONFIGS.get(policy)
         self.usage = DecayedUsage(half_life_s)
@@ -347,7 +352,7 @@ class Simulation:
             self.result.finished[attempt.index] = (self.now, True)
         elif outcome == "preempted":
             self.result.preemptions += 1
-            done = attempt.done - _unsaved(attempt)
+            done = max(0.0, attempt.done - _unsaved(attempt) - self.restart_s)
             self.waiting.append(
                 Waiting(attempt.index, job, attempt.request_mb, attempt.number + 1, done, attempt.preempted + 1)
             )
