@@ -214,6 +214,9 @@ def simulate(
     policy: Annotated[str, typer.Option(help="vramq | fifo-ledger | exclusive | free-memory")] = "vramq",
     schedule_out: Annotated[Path | None, typer.Option(help="write one CSV row per attempt")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+    restart_cost: Annotated[
+        float, typer.Option(min=0, help="seconds of its work a preempted or moved job redoes when it resumes")
+    ] = 0.0,
 ) -> None:
     """Replay a trace through the placement policy on a simulated clock."""
     from app.simulator.engine import POLICIES, Simulation
@@ -233,7 +236,7 @@ def simulate(
     except (TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    sim = Simulation(jobs, sizes, nodes=nodes, policy=policy)
+    sim = Simulation(jobs, sizes, nodes=nodes, policy=policy, restart_s=restart_cost)
     result = sim.run()
     figures = summarise(sim, result)
     rows = schedule_rows(sim, result)

@@ -489,10 +489,10 @@ def test_a_trace_saved_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
     assert load_trace(tmp_path / "t.csv") == [TraceJob("x", 0.0, "u", 100, 50, 10.0, 0.5, gpus=1)]
 
 
-def simulate_cli(trace: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    """`vramq simulate --trace TRACE --gpus 4x24GiB --json OPTIONS...` in a subprocess, as a user runs it."""
+def simulate_cli(trace: Path, *options: str, gpus: str = "4x24GiB") -> subprocess.CompletedProcess[str]:
+    """`vramq simulate --trace TRACE --gpus GPUS --json OPTIONS...` in a subprocess, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "simulate", "--trace", str(trace), "--gpus", "4x24GiB", "--json", *options],
+        [sys.executable, "-m", "app.cli", "simulate", "--trace", str(trace), "--gpus", gpus, "--json", *options],
         capture_output=True,
         text=True,
         timeout=120,
@@ -545,6 +545,22 @@ def test_a_job_no_node_can_hold_is_refused_on_arrival_and_blocks_no_queue(policy
     assert sorted(a.job.job_id for a in result.attempts) == [j.job_id for j in rest]
     assert figures["lower_bound_s"] == round(lower_bound(rest, 2, 2 * 24576), 1) < 50000
     assert figures["makespan_s"] < 1000
+
+
+def test_cli_charges_the_restart_cost_it_is_given(tmp_path: Path) -> None:
+    """The preemption of test_a_restart_costs...: two of five jobs end 300 s later, so the mean JCT rises by
+    600 / 5 s. A negative cost is refused."""
+    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
+    write_trace(tmp_path / "t.csv", [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)])
+
+    free = simulate_cli(tmp_path / "t.csv", gpus="2x24GiB")
+    costly = simulate_cli(tmp_path / "t.csv", "--restart-cost", "300", gpus="2x24GiB")
+    negative = simulate_cli(tmp_path / "t.csv", "--restart-cost", "-1")
+
+    assert free.returncode == costly.returncode == 0, free.stderr + costly.stderr
+    added = json.loads(costly.stdout)["mean_jct_s"] - json.loads(free.stdout)["mean_jct_s"]
+    assert added == pytest.approx(120.0, abs=0.2)
+    assert negative.returncode == 2 and "Traceback" not in negative.stderr
 
 
 def test_cli_names_the_refused_jobs(tmp_path: Path) -> None:
