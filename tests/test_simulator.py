@@ -131,13 +131,19 @@ def test_a_long_job_known_only_by_its_time_limit_does_not_stack_onto_a_saturated
     assert [a.start for a in limited.attempts] == [0.0, pytest.approx(500.0)]
 
 
+def small_jobs_and_a_big_one() -> list[TraceJob]:
+    """Four 6000 MB jobs of 20000 s (utilisation 0.4) at t=0 on two GPUs, then a 22000 MB job of 100000 s at
+    t=1000: it preempts two of them (see the test below)."""
+    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
+    return [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)]
+
+
 def test_a_big_job_preempts_small_ones_that_resume_elsewhere_from_their_checkpoint() -> None:
     """Two small jobs on each GPU until t=20000; a 22000 MB job of 100000 s arrives at t=1000. Waiting, it
     would end at 120000. It stops GPU 0's jobs instead: they run on to the end of their epoch (t=1200), stop
     there and resume on GPU 1 at once from that epoch's checkpoint, redoing nothing and using no retry
     (max_retries 0); it starts as they stop and ends at 101200."""
-    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
-    jobs = [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)]
+    jobs = small_jobs_and_a_big_one()
 
     sim = Simulation(jobs, [24576] * 2, max_retries=0)
     result = sim.run()
@@ -170,8 +176,7 @@ def test_a_restart_costs_the_resumed_jobs_its_seconds_of_work() -> None:
     """The same preemption with a restart of 300 s: s0 and s1 resume at t=1200 from 900 s of work, not 1200.
     All four small jobs share GPU 1 (load 1.6) until s2 and s3 end at 1200 + 18800 * 1.6 = 31280, where without
     the restart s0 and s1 end with them; they end 300 s later, the big job as before."""
-    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
-    jobs = [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)]
+    jobs = small_jobs_and_a_big_one()
 
     free = Simulation(jobs, [24576] * 2).run()
     costly = Simulation(jobs, [24576] * 2, restart_s=300.0).run()
@@ -550,8 +555,7 @@ def test_a_job_no_node_can_hold_is_refused_on_arrival_and_blocks_no_queue(policy
 def test_cli_charges_the_restart_cost_it_is_given(tmp_path: Path) -> None:
     """The preemption of test_a_restart_costs...: two of five jobs end 300 s later, so the mean JCT rises by
     600 / 5 s. A negative cost is refused."""
-    small = [TraceJob(f"s{i}", 0.0, "u", 6000, 6000, 20000.0, 0.4) for i in range(4)]
-    write_trace(tmp_path / "t.csv", [*small, TraceJob("big", 1000.0, "v", 22000, 22000, 100000.0, 0.5)])
+    write_trace(tmp_path / "t.csv", small_jobs_and_a_big_one())
 
     free = simulate_cli(tmp_path / "t.csv", gpus="2x24GiB")
     costly = simulate_cli(tmp_path / "t.csv", "--restart-cost", "300", gpus="2x24GiB")
