@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import random
 import signal
 import subprocess
@@ -185,6 +186,9 @@ def test_a_restart_costs_the_resumed_jobs_its_seconds_of_work() -> None:
     assert [a.resumed for a in costly.attempts if a.number == 2] == [pytest.approx(900.0)] * 2
     assert [free.finished[i][0] for i in range(5)] == pytest.approx([31280.0] * 4 + [101200.0])
     assert [costly.finished[i][0] for i in range(5)] == pytest.approx([31580.0] * 2 + [31280.0] * 2 + [101200.0])
+    for wrong in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="restart cost"):
+            Simulation(jobs, [24576] * 2, restart_s=wrong)
 
 
 def test_a_replaced_setting_is_the_one_the_policy_uses() -> None:

@@ -147,11 +147,13 @@ class Simulation:
         """`config` replaces a ledger policy's settings (bench/targets.py --set explores them). `restart_s`: what
         resuming from a checkpoint costs a preempted or moved job, in seconds of its solo work (the process, the
         framework and the data pipeline start again and the checkpoint loads): it resumes that much short of its
-        checkpoint. 0: a restart is free."""
+        checkpoint. 0: a restart is free; below 0 (or not finite) is refused."""
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
         if config is not None and policy not in CONFIGS:
             raise ValueError(f"policy {policy!r} has no settings to replace")
+        if not 0 <= restart_s < math.inf:
+            raise ValueError(f"restart cost {restart_s:g} s: give a number of seconds, 0 or more")
         self.trace = sorted(enumerate(trace), key=lambda item: (item[1].submit_s, item[0]))
         self.sizes = gpu_sizes_mb
         self.nodes = nodes
