@@ -644,6 +644,47 @@ def test_of_two_big_jobs_the_one_with_less_left_gives_way(left: float, preempted
     assert preemptions == ([Preemption(1, "a", 0, (10,))] if preempted else [])
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("resumed", [False, True])
+def test_no_job_is_stopped_twice_nor_for_a_wait_under_a_restart(resumed: bool, scale: float) -> None:
+    """The two big jobs of the test above, GPU 0's giving way. Not once it has resumed (stopped once already,
+    queued again or moved): with restarts that cost, two jobs giving way to each other in turn would never end.
+    Nor, on a scale where the wait saved (GPU 0's job has 600 * scale s left) is under RESTART_S (600 s)."""
+    big = PendingJob(1, 22000, util=0.5, duration_s=1200 * scale)
+    nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 4576, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 20000, util=0.5, expected_end=600 * scale, job_id=10, stop_s=30.0, resumed=resumed),
+        RunningJob("a", (1,), 20000, util=0.5, expected_end=900 * scale, job_id=11, stop_s=30.0),
+    ]
+
+    preemptions = schedule([big], nodes, now=0, running=running).preemptions
+
+    assert preemptions == ([Preemption(1, "a", 0, (10,))] if not resumed and scale == 1.0 else [])
+
+
+@pytest.mark.parametrize(("queued_s", "preempted"), [(100000.0, False), (10000.0, True)])
+def test_big_jobs_give_way_only_in_the_last_round(queued_s: float, preempted: bool) -> None:
+    """The same two big jobs running (GPU 0's with 60000 s left gives way, above), now with two more 22000 MB jobs
+    queued: three big jobs wait for two GPUs. Where the others are as long (100000 s), a swap would only reorder a
+    round that fills the GPUs anyway: nothing stops. Where they are short (10000 s), the 100000 s job alone
+    outlasts all known work packed perfectly (67500 s): GPU 0's job gives way as before."""
+    jobs = [PendingJob(i, 22000, util=0.5, duration_s=100000 if i == 1 else queued_s) for i in (1, 2, 3)]
+    nodes = [NodeState("a", 8, (GpuState(0, 4576, util=0.5), GpuState(1, 4576, util=0.5)))]
+    running = [
+        RunningJob("a", (0,), 20000, util=0.5, expected_end=60000.0, job_id=10, stop_s=300.0),
+        RunningJob("a", (1,), 20000, util=0.5, expected_end=90000.0, job_id=11, stop_s=300.0),
+    ]
+
+    decision = schedule(jobs, nodes, now=0, running=running)
+
+    assert decision.preemptions == ([Preemption(1, "a", 0, (10,))] if preempted else [])
+    assert decision.waiting[1].kind == ("preempting" if preempted else "memory")
+    # With a GPU per big job, the last round: GPU 0's job gives way whatever the others' run times.
+    three = [NodeState("a", 8, (*nodes[0].gpus, GpuState(2, 2576, util=0.5)))]
+    third = RunningJob("a", (2,), 22000, util=0.5, expected_end=95000.0, job_id=12, stop_s=300.0)
+    assert schedule(jobs, three, now=0, running=[*running, third]).preemptions[:1] == [Preemption(1, "a", 0, (10,))]
+
+
 @pytest.mark.parametrize("room_elsewhere", [True, False])
 def test_a_long_job_in_a_big_jobs_way_moves_to_another_gpu(room_elsewhere: bool) -> None:
     """Each GPU runs a 5000 MB job with 150,000 s left: a queued 22,000 MB job of 100,000 s would wait for one
@@ -664,6 +705,9 @@ def test_a_long_job_in_a_big_jobs_way_moves_to_another_gpu(room_elsewhere: bool)
         assert preemptions == []
         return
     assert preemptions == [Preemption(1, "a", 0, (10,)), Preemption(10, "a", 1, (10,))]
+    # Not a job that has resumed already: it is never stopped again.
+    resumed = [replace(job, resumed=True) for job in running]
+    assert schedule([big], nodes, now=0, running=resumed).preemptions == []
     # Once it has stopped, both are placed first (making_room): the big job where it stopped, the other beside
     # GPU 1's job.
     moved = PendingJob(10, 5000, util=0.3, duration_s=150000)

@@ -23,7 +23,9 @@ the same `schedule`, so what the benchmark measures is what runs.
   they finish their epoch, are queued again and resume from its checkpoint. The job they make room for is
   considered first from then on (`making_room`), so that it gets the room. A long job stopped so is moved
   instead: it resumes at once on another GPU where it fits (kept for it while it stops: `moving_to`). A
-  big job may stop another big one with under PREEMPT_LEFT of its run time left, so that they end together.
+  big job may stop another big one with under PREEMPT_LEFT of its run time left, so that they end together;
+  but not while more big jobs are queued than there are GPUs, unless it alone outlasts all known work. A job
+  that has resumed is never stopped again (nor moved): no two jobs stop each other in turn forever.
 - Moves: a checkpointed job on the GPU whose known work would end last, past the end of all known work
   packed perfectly, stops at its epoch's end and resumes on a GPU that drains sooner (`moves`, `moving_to`).
 - No starvation: the first job in that order that cannot start gets a reservation in time (the
@@ -33,6 +35,7 @@ the same `schedule`, so what the benchmark measures is what runs.
 """
 
 import heapq
+import math
 from collections import defaultdict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import combinations
@@ -60,12 +63,12 @@ from app.scheduler.state import (
 )
 
 NOMINAL_HOURS = 1.0  # fair-share charge for a placed job of unknown duration
-PREEMPT_WAIT = 0.05  # a critical job preempts only if it would wait this share of its run time or more
+RESTART_S = 600.0  # what a stopped job is taken to lose by resuming: its start-up again (to measure on a GPU)
+PREEMPT_WAIT = 0.05  # a critical job preempts only if it would wait this share of its run time (and RESTART_S) or more
 PREEMPT_LEFT = 0.65  # nor queues again a job with this share of the critical job's run time or more still to run
 PREEMPT_WORTH = 2.0  # and only where the wait it saves is this many times the wait for its jobs to stop, or more
 MOVE_LAST = 0.99  # a job is moved off a GPU whose known work ends this close to the last end (of the time left)
-MOVE_GAIN = 0.02  # where that end comes sooner by this share of the time left
-MOVE_COST_S = 600.0  # and by this much at least: a restart costs the job its start-up again
+MOVE_GAIN = 0.02  # where that end comes sooner by this share of the time left, and by RESTART_S at least
 
 
 def fair_order(pending: Iterable[PendingJob], users: dict[str, UserState], fair_share: bool) -> list[list[PendingJob]]:
@@ -235,13 +238,18 @@ def schedule(
         if queue:
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
+    drained = now + known_work(pending, running, now) / max(1, gpu_count)  # all known work ends, packed perfectly
     if config.preempt and critical:
         queued_critical = [p for p in pending if p.id in critical]
-        decision.preemptions = preemptions(cluster, queued_critical, running, decision.waiting, now, config.compute_cap)
+        # More jobs too big to share a GPU queued than there are GPUs: big running jobs are kept (preemptions).
+        rounds = sum(2 * p.vram_mb > capacity for p in pending) > gpu_count
+        keep = capacity // 2 if rounds else None
+        decision.preemptions = preemptions(
+            cluster, queued_critical, running, decision.waiting, now, config.compute_cap, keep_mb=keep, drained=drained
+        )
     if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
-        drained = now + known_work(pending, running, now) / max(1, gpu_count)
         decision.preemptions += moves(
             cluster, drained, held | {(p.node, p.gpu) for p in decision.preemptions}, stopped, now
         )
@@ -255,7 +263,7 @@ def moves(
     sooner. Only when that last end is after `drained` (when all known work would end, packed perfectly):
     the GPU then sets a new end on its own. A move stops the job at the end of its epoch, losing no work;
     it is queued again and considered first (`making_room`), where it ends soonest. Only where the last end
-    comes sooner by MOVE_GAIN of the time left and MOVE_COST_S at least (its restart); once per job (not one
+    comes sooner by MOVE_GAIN of the time left and RESTART_S at least (its restart); once per job (not one
     that resumed already); never onto `held` GPUs (the reservation's, or those a preemption empties); and on
     a node where a job is stopping (preempted or moved), not before it has."""
     if not cluster.finish:
@@ -285,7 +293,7 @@ def moves(
                     continue
                 moved = [*cluster.work[there], (left, job.util)]
                 new = max(here, finish_time(now, moved, cluster.background[there]))
-                if new <= end - max(MOVE_COST_S, MOVE_GAIN * (last - now)) and (best is None or new < best[0]):
+                if new <= end - max(RESTART_S, MOVE_GAIN * (last - now)) and (best is None or new < best[0]):
                     best = (new, Preemption(job.job_id, there[0], there[1], (job.job_id,)), there)
         if best is not None:
             chosen.append(best[1])
@@ -311,6 +319,8 @@ def preemptions(
     waiting: dict[int, Wait],
     now: float,
     cap: float | None = None,
+    keep_mb: int | None = None,
+    drained: float = math.inf,
 ) -> list[Preemption]:
     """Room for critical jobs waiting for memory, made by stopping jobs that resume from their last epoch
     checkpoint, where waiting for room would set a new end: the job's reservation starts so late that it would end
@@ -322,10 +332,16 @@ def preemptions(
     together rather than one after another (preemptive scheduling's longest remaining work first; the one that gave
     way can in turn stop only a job with less than that share of its own time left). And only where the wait for
     them to stop (the rest of their epoch: they lose no work) is small beside the wait saved, and where the job would
-    then start at once, not still rather wait for a GPU that drains soon than share one (`_deferred`); the fewest
+    then start at once, not still rather wait for a GPU that drains soon than share one (`_deferred`). With `keep_mb`
+    (half a GPU, while more jobs that big are queued than there are GPUs), no running job over `keep_mb` is stopped,
+    but for a job that alone outlasts all known work packed perfectly (`drained`): each round of big jobs fills the
+    GPUs anyway, so stopping one for another only reorders them, at the cost of a restart; ending together matters
+    in the last round. The fewest
     megabytes stopped, then the soonest stop. Jobs preempted already (finishing their epoch) cost nothing more: a GPU
     they make room on stays the choice while they stop. A job of N GPUs has room made on N GPUs of one node at once
-    (one Preemption per GPU with jobs to stop)."""
+    (one Preemption per GPU with jobs to stop). No job is stopped to save a wait under RESTART_S (its restart would
+    cost more), nor a job that has resumed already (queued again or moved): with restarts that cost, two jobs that
+    gave way to each other in turn would otherwise never end."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
@@ -334,13 +350,18 @@ def preemptions(
         if job.duration_s is None or wait is None or wait.kind not in ("memory", "held"):
             continue
         start = wait.estimated_start
-        if start is None or start - now < PREEMPT_WAIT * job.duration_s or start + job.duration_s <= last:
+        if (
+            start is None
+            or start - now < max(PREEMPT_WAIT * job.duration_s, RESTART_S)
+            or start + job.duration_s <= last
+        ):
             continue
         best: tuple[tuple[int, float], list[Preemption], list[Preemption], list[RunningJob]] | None = None
+        keep = keep_mb if now + job.duration_s < drained else None
         for name, node in cluster.nodes.items():
             untaken = [(name, gpu.index) for gpu in node.gpus if (name, gpu.index) not in taken]
             for keys in combinations(untaken, job.gpus):
-                found = _room_on(cluster, keys, job, now, cap, taken)
+                found = _room_on(cluster, keys, job, now, cap, taken, keep)
                 if found is None:
                     continue
                 victims, relocations = found
@@ -385,12 +406,13 @@ def _room_on(
     now: float,
     cap: float | None,
     taken: set[tuple[str, int]],
+    keep_mb: int | None = None,
 ) -> tuple[dict[tuple[str, int], list[RunningJob]], list[Preemption]] | None:
     """The running jobs to stop on each of GPUs `keys` (of one node) so that `job` fits on all of them, fewest
     megabytes first per GPU, and the moves of those among them with too much left to be queued again
     (`_preemptible`): each resumes at once on another GPU of the node, not one of `keys`, where it fits within
-    the compute cap (so two long jobs of a few GB on two GPUs do not keep a big job off both). None: not there,
-    or nothing to stop."""
+    the compute cap (so two long jobs of a few GB on two GPUs do not keep a big job off both). Jobs of over `keep_mb`
+    are not stopped. None: not there, or nothing to stop."""
     node = keys[0][0]
     room = {k: mb for k, mb in cluster.free.items() if k[0] == node and k not in taken and k not in keys}
     load = {k: cluster.util[k] for k in room}
@@ -403,6 +425,8 @@ def _room_on(
         for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
             if free >= job.vram_mb:
                 break
+            if keep_mb is not None and r.vram_mb > keep_mb and not r.stopping:
+                return None
             if not _preemptible(r, job, now):
                 target = _relocation(r, room, load, cap)
                 if target is None or r.job_id is None:
@@ -425,7 +449,7 @@ def _relocation(
 ) -> tuple[str, int] | None:
     """The least loaded GPU where a checkpointed single-GPU job fits now, within the compute cap (a job
     stopping already never gets here: it is `_preemptible`)."""
-    if victim.stop_s is None or len(victim.gpu_indices) != 1:
+    if victim.stop_s is None or victim.resumed or len(victim.gpu_indices) != 1:
         return None
     fits = [k for k in room if room[k] >= victim.vram_mb and (cap is None or load[k] + victim.util <= cap)]
     return min(fits, key=lambda k: (load[k], -room[k]), default=None)
@@ -434,6 +458,7 @@ def _relocation(
 def _preemptible(victim: RunningJob, job: PendingJob, now: float) -> bool:
     return victim.stopping or (
         victim.stop_s is not None
+        and not victim.resumed
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1
         and _ends_soon(victim, job, now)

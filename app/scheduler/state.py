@@ -47,7 +47,7 @@ class RunningJob:
     # or it has just resumed): never preempted.
     stop_s: float | None = None
     stopping: bool = False  # preempted already: it stops at the end of its epoch
-    resumed: bool = False  # its last attempt was preempted (it resumed from a checkpoint): it is not moved again
+    resumed: bool = False  # its last attempt was preempted (it resumed from a checkpoint): never stopped again
 
 
 @dataclass(frozen=True)
