@@ -233,10 +233,10 @@ def simulate(
             raise ValueError(
                 f"cannot write the schedule to {schedule_out}: {schedule_out.parent} is not a writable folder"
             )
+        sim = Simulation(jobs, sizes, nodes=nodes, policy=policy, restart_s=restart_cost)  # refuses inf
     except (TraceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    sim = Simulation(jobs, sizes, nodes=nodes, policy=policy, restart_s=restart_cost)
     result = sim.run()
     figures = summarise(sim, result)
     rows = schedule_rows(sim, result)

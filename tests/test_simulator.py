@@ -583,17 +583,19 @@ def test_a_job_no_node_can_hold_is_refused_on_arrival_and_blocks_no_queue(policy
 
 def test_cli_charges_the_restart_cost_it_is_given(tmp_path: Path) -> None:
     """The preemption of test_a_restart_costs...: two of five jobs end 300 s later, so the mean JCT rises by
-    600 / 5 s. A negative cost is refused."""
+    600 / 5 s. A negative or infinite cost is refused, with no traceback."""
     write_trace(tmp_path / "t.csv", small_jobs_and_a_big_one())
 
     free = simulate_cli(tmp_path / "t.csv", gpus="2x24GiB")
     costly = simulate_cli(tmp_path / "t.csv", "--restart-cost", "300", gpus="2x24GiB")
     negative = simulate_cli(tmp_path / "t.csv", "--restart-cost", "-1")
+    infinite = simulate_cli(tmp_path / "t.csv", "--restart-cost", "inf")
 
     assert free.returncode == costly.returncode == 0, free.stderr + costly.stderr
     added = json.loads(costly.stdout)["mean_jct_s"] - json.loads(free.stdout)["mean_jct_s"]
     assert added == pytest.approx(120.0, abs=0.2)
     assert negative.returncode == 2 and "Traceback" not in negative.stderr
+    assert infinite.returncode == 2 and "Traceback" not in infinite.stderr and "restart cost inf" in infinite.stderr
 
 
 def test_cli_names_the_refused_jobs(tmp_path: Path) -> None:
