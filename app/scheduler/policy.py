@@ -238,8 +238,8 @@ def schedule(
         if queue:
             nxt = queue[0]
             heapq.heappush(heap, (charge, (-nxt.priority, nxt.submitted, nxt.id), n, queue))
-    drained = now + known_work(pending, running, now) / max(1, gpu_count)  # all known work ends, packed perfectly
-    if config.preempt and critical:
+    if config.preempt and config.critical_share is not None:
+        drained = now + known_work(pending, running, now) / max(1, gpu_count)  # all known work ends, packed perfectly
         queued_critical = [p for p in pending if p.id in critical]
         # More jobs too big to share a GPU queued than there are GPUs: big running jobs are kept (preemptions).
         rounds = sum(2 * p.vram_mb > capacity for p in pending) > gpu_count
@@ -247,7 +247,6 @@ def schedule(
         decision.preemptions = preemptions(
             cluster, queued_critical, running, decision.waiting, now, config.compute_cap, keep_mb=keep, drained=drained
         )
-    if config.preempt and config.critical_share is not None:
         held = {(reservation.node, i) for i in reservation.gpus} if reservation is not None else set()
         stopped = {i for p in decision.preemptions for i in p.job_ids}
         decision.preemptions += moves(
@@ -411,8 +410,8 @@ def _room_on(
     """The running jobs to stop on each of GPUs `keys` (of one node) so that `job` fits on all of them, fewest
     megabytes first per GPU, and the moves of those among them with too much left to be queued again
     (`_preemptible`): each resumes at once on another GPU of the node, not one of `keys`, where it fits within
-    the compute cap (so two long jobs of a few GB on two GPUs do not keep a big job off both). Jobs of over `keep_mb`
-    are not stopped. None: not there, or nothing to stop."""
+    the compute cap (so two long jobs of a few GB on two GPUs do not keep a big job off both). Jobs that have resumed
+    once, and jobs of over `keep_mb`, are not stopped. None: not there, or nothing to stop."""
     node = keys[0][0]
     room = {k: mb for k, mb in cluster.free.items() if k[0] == node and k not in taken and k not in keys}
     load = {k: cluster.util[k] for k in room}
@@ -425,8 +424,8 @@ def _room_on(
         for r in sorted(on, key=lambda r: (not r.stopping, -r.vram_mb)):
             if free >= job.vram_mb:
                 break
-            if keep_mb is not None and r.vram_mb > keep_mb and not r.stopping:
-                return None
+            if not r.stopping and (r.resumed or (keep_mb is not None and r.vram_mb > keep_mb)):
+                return None  # kept: it resumed once already, or it is a big job kept while a round of them waits
             if not _preemptible(r, job, now):
                 target = _relocation(r, room, load, cap)
                 if target is None or r.job_id is None:
@@ -449,7 +448,7 @@ def _relocation(
 ) -> tuple[str, int] | None:
     """The least loaded GPU where a checkpointed single-GPU job fits now, within the compute cap (a job
     stopping already never gets here: it is `_preemptible`)."""
-    if victim.stop_s is None or victim.resumed or len(victim.gpu_indices) != 1:
+    if victim.stop_s is None or len(victim.gpu_indices) != 1:
         return None
     fits = [k for k in room if room[k] >= victim.vram_mb and (cap is None or load[k] + victim.util <= cap)]
     return min(fits, key=lambda k: (load[k], -room[k]), default=None)
@@ -458,7 +457,6 @@ def _relocation(
 def _preemptible(victim: RunningJob, job: PendingJob, now: float) -> bool:
     return victim.stopping or (
         victim.stop_s is not None
-        and not victim.resumed
         and victim.job_id is not None
         and len(victim.gpu_indices) == 1
         and _ends_soon(victim, job, now)
