@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,7 @@ class Cluster:
             try:
                 node.wait(timeout=20)
             except subprocess.TimeoutExpired:
+                warnings.warn(f"node agent {node.pid} did not stop within 20 s of SIGTERM: killed", stacklevel=1)
                 node.kill()
         self.thread.join(timeout=10)
 

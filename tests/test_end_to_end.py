@@ -348,6 +348,25 @@ def test_dead_node_makes_its_job_lost(cluster: Cluster, client: TestClient, auth
         assert run.released_at is not None
 
 
+def test_a_killed_agent_takes_its_worker_slots_with_it(cluster: Cluster) -> None:
+    """A slot that outlived its agent would go on taking the node's jobs (from a test run: every later
+    test's jobs, with this test's settings, so they stayed dispatched)."""
+    import psutil
+
+    [node] = cluster.nodes
+    agent = psutil.Process(node.pid)
+    deadline = time.monotonic() + 20
+    while len(slots := agent.children()) < cluster.settings.slots:
+        assert time.monotonic() < deadline, f"{len(slots)} of {cluster.settings.slots} slots started"
+        time.sleep(0.1)
+
+    node.kill()
+    node.wait()
+
+    gone, alive = psutil.wait_procs(slots, timeout=10)
+    assert alive == [], f"slots outlived their agent: {[p.pid for p in alive]}"
+
+
 def subprocess_group_kill(pid: int) -> None:
     import psutil
 

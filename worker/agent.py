@@ -105,7 +105,7 @@ class NodeAgent:
                 if process is not None:
                     log.warning("worker slot %d exited with %s; restarting it", slot, process.returncode)
                 self.workers[slot] = subprocess.Popen(
-                    [sys.executable, "-m", "worker.rq_worker", self.settings.node, str(slot)]
+                    [sys.executable, "-m", "worker.rq_worker", self.settings.node, str(slot), str(os.getpid())]
                 )
 
     def run(self) -> None:
@@ -140,9 +140,10 @@ class NodeAgent:
         for pgid in self.job_pgids():
             signal_group(pgid, signal.SIGKILL)
         self.redis.delete(NODE_PGIDS_KEY.format(node=self.settings.node))
+        deadline = time.monotonic() + self.settings.cancel_grace_s  # one grace for all, not one each
         for process in live:
             try:
-                process.wait(timeout=self.settings.cancel_grace_s)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
