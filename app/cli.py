@@ -134,6 +134,7 @@ def up() -> None:
     """Everything in one foreground command: migrations, Redis if none answers, API, scheduler, one node."""
     from app import embedded_redis
     from app.db.migrate import upgrade
+    from app.lifetime import ending_with_me
 
     settings = _settings()
     env = dict(os.environ, VRAMQ_HOME=str(settings.home))
@@ -151,7 +152,7 @@ def up() -> None:
         typer.echo(f"no Redis at {settings.redis_url}: starting one with its data in {settings.home / 'redis'}")
         children["redis"] = embedded_redis.start(settings.redis_url, settings.home)
     for role in ("api", "scheduler", "node"):
-        children[role] = subprocess.Popen([sys.executable, "-m", "app.cli", role], env=env)
+        children[role] = subprocess.Popen([sys.executable, "-m", "app.cli", role], env=env, preexec_fn=ending_with_me())
     typer.echo(f"vramq is up: http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
     stop = threading.Event()
     _stop_on_signals(stop)

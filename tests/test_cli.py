@@ -142,3 +142,22 @@ def test_up_runs_a_job_and_stops_everything_when_one_part_dies(settings: Setting
     finally:
         if up.poll() is None:
             up.kill()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_up_killed_leaves_nothing_running(settings: Settings) -> None:
+    """`vramq up` killed outright (no chance to stop its parts): API, scheduler, node agent and the node's
+    RQ slots all end with it, so no slot goes on taking the node's jobs for nobody."""
+    up, _ = start_api(settings.model_copy(update={"gpus": "1x8GiB"}), "up", stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while len(parts := psutil.Process(up.pid).children(recursive=True)) < 3 + settings.slots:
+            assert time.monotonic() < deadline, [p.cmdline() for p in parts]
+            time.sleep(0.1)
+    finally:
+        up.kill()
+        up.wait()
+
+    _, alive = psutil.wait_procs(parts, timeout=30)
+
+    assert alive == [], [p.cmdline() for p in alive]

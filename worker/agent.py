@@ -13,6 +13,7 @@ from redis import Redis
 
 from app.config import Settings
 from app.constants import NODE_PGIDS_KEY, RUN_HEARTBEAT_KEY, SNAPSHOT_INTERVAL_S
+from app.lifetime import ending_with_me
 from app.services.nodes import GpuProcessInfo, GpuSnapshot, NodeSnapshot, publish, withdraw
 from worker.gpu import GpuBackend
 from worker.launcher import signal_group
@@ -105,7 +106,8 @@ class NodeAgent:
                 if process is not None:
                     log.warning("worker slot %d exited with %s; restarting it", slot, process.returncode)
                 self.workers[slot] = subprocess.Popen(
-                    [sys.executable, "-m", "worker.rq_worker", self.settings.node, str(slot), str(os.getpid())]
+                    [sys.executable, "-m", "worker.rq_worker", self.settings.node, str(slot)],
+                    preexec_fn=ending_with_me(),  # the agent is single-threaded
                 )
 
     def run(self) -> None:
