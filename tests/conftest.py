@@ -28,6 +28,7 @@ from app.db.migrate import upgrade
 from app.db.models import Job, User
 from app.db.session import make_engine, make_sessionmaker, transaction
 from app.enums import JobStatus
+from app.lifetime import ending_with_me
 from app.scheduler.loop import Scheduler
 from app.services.users import create_user
 
@@ -169,7 +170,10 @@ class Cluster:
 
     def start_node(self, **overrides: object) -> subprocess.Popen[bytes]:
         settings = self.settings.model_copy(update=overrides)
-        node = subprocess.Popen([sys.executable, "-m", "app.cli", "node"], env=settings_env(settings), cwd=REPO)
+        # Ends with this test run however it ends, or its slots would take the next run's jobs (same Redis db).
+        node = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "node"], env=settings_env(settings), cwd=REPO, preexec_fn=ending_with_me()
+        )
         self.nodes.append(node)
         deadline = time.monotonic() + 20
         while not self.redis.exists(f"vramq:node:{settings.node}"):
@@ -226,7 +230,9 @@ def start_api(settings: Settings, command: str = "api", **output: Any) -> tuple[
     `output`: Popen's stdout/stderr/text."""
     port = free_port()
     env = settings_env(settings.model_copy(update={"port": port}))
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env, cwd=REPO, **output)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", command], env=env, cwd=REPO, preexec_fn=ending_with_me(), **output
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
