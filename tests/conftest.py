@@ -193,8 +193,23 @@ class Cluster:
                 if job.status in wanted:
                     return job
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} is {job.status}, not {wanted}, after {timeout}s")
+                raise AssertionError(f"job {job_id} is {job.status}, not {wanted}, after {timeout}s{self._strays()}")
             time.sleep(0.05)
+
+    def _strays(self) -> str:
+        """RQ slots on this Redis db that no agent of this test started (RQ names each slot's connection
+        `node.slot.pid`): left behind by an earlier run, they take this test's jobs and drop them."""
+        import psutil
+
+        ours = {
+            child.pid for node in self.nodes if node.poll() is None for child in psutil.Process(node.pid).children()
+        }
+        db = str(self.redis.connection_pool.connection_kwargs.get("db", 0))
+        names = [c["name"] for c in self.redis.client_list() if c["db"] == db and c["name"].count(".") == 2]
+        strays = [
+            name for name in names if name.rsplit(".", 1)[1].isdigit() and int(name.rsplit(".", 1)[1]) not in ours
+        ]
+        return f"; RQ slots on this db that this test did not start: {strays}" if strays else ""
 
     def close(self) -> None:
         self.stop.set()
