@@ -205,10 +205,8 @@ class Cluster:
             child.pid for node in self.nodes if node.poll() is None for child in psutil.Process(node.pid).children()
         }
         db = str(self.redis.connection_pool.connection_kwargs.get("db", 0))
-        names = [c["name"] for c in self.redis.client_list() if c["db"] == db and c["name"].count(".") == 2]
-        strays = [
-            name for name in names if name.rsplit(".", 1)[1].isdigit() and int(name.rsplit(".", 1)[1]) not in ours
-        ]
+        slots = [c["name"] for c in self.redis.client_list() if c["db"] == db and c["name"].count(".") == 2]
+        strays = [name for name in slots if (pid := name.rsplit(".", 1)[1]).isdigit() and int(pid) not in ours]
         return f"; RQ slots on this db that this test did not start: {strays}" if strays else ""
 
     def close(self) -> None:

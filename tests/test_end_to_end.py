@@ -363,7 +363,7 @@ def test_a_killed_agent_takes_its_worker_slots_with_it(cluster: Cluster) -> None
     node.kill()
     node.wait()
 
-    gone, alive = psutil.wait_procs(slots, timeout=10)
+    _, alive = psutil.wait_procs(slots, timeout=10)
     assert alive == [], f"slots outlived their agent: {[p.pid for p in alive]}"
 
 

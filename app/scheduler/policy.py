@@ -108,10 +108,15 @@ def critical_path(
     horizon = share * known_work(pending, running, now) / max(1, gpu_count) / max(1.0, load)
     jobs = {p.id for p in pending if p.duration_s is not None and p.duration_s >= horizon}
     if capacity_mb is not None:
-        big = [p for p in pending if p.duration_s is not None and 2 * p.vram_mb > capacity_mb]
+        big = [p for p in pending if p.duration_s is not None and too_big_to_share(p, capacity_mb)]
         if sum(p.duration_s * p.gpus for p in big if p.duration_s is not None) / max(1, gpu_count) >= horizon:
             jobs.update(p.id for p in big)
     return jobs, [r for r in running if r.expected_end is not None and r.expected_end - now >= horizon]
+
+
+def too_big_to_share(job: PendingJob, capacity_mb: int) -> bool:
+    """Over half of what vramq's jobs can hold on one GPU: no two such jobs fit on one GPU."""
+    return 2 * job.vram_mb > capacity_mb
 
 
 def known_work(pending: Sequence[PendingJob], running: Sequence[RunningJob], now: float) -> float:
@@ -216,7 +221,7 @@ def schedule(
     def urgency(p: PendingJob) -> tuple:
         if p.id in making_room:
             return (0, -p.vram_mb, p.id)
-        return (1, 2 * p.vram_mb <= capacity, -(p.duration_s or 0), p.id)
+        return (1, not too_big_to_share(p, capacity), -(p.duration_s or 0), p.id)
 
     ahead = critical | {p.id for p in pending if p.id in making_room}
     for job in sorted((p for p in pending if p.id in ahead), key=urgency):
@@ -242,7 +247,7 @@ def schedule(
         drained = now + known_work(pending, running, now) / max(1, gpu_count)  # all known work ends, packed perfectly
         queued_critical = [p for p in pending if p.id in critical]
         # More jobs too big to share a GPU queued than there are GPUs: big running jobs are kept (preemptions).
-        rounds = sum(2 * p.vram_mb > capacity for p in pending) > gpu_count
+        rounds = sum(too_big_to_share(p, capacity) for p in pending) > gpu_count
         keep = capacity // 2 if rounds else None
         decision.preemptions = preemptions(
             cluster, queued_critical, running, decision.waiting, now, config.compute_cap, keep_mb=keep, drained=drained
@@ -335,12 +340,11 @@ def preemptions(
     (half a GPU, while more jobs that big are queued than there are GPUs), no running job over `keep_mb` is stopped,
     but for a job that alone outlasts all known work packed perfectly (`drained`): each round of big jobs fills the
     GPUs anyway, so stopping one for another only reorders them, at the cost of a restart; ending together matters
-    in the last round. The fewest
-    megabytes stopped, then the soonest stop. Jobs preempted already (finishing their epoch) cost nothing more: a GPU
-    they make room on stays the choice while they stop. A job of N GPUs has room made on N GPUs of one node at once
-    (one Preemption per GPU with jobs to stop). No job is stopped to save a wait under RESTART_S (its restart would
-    cost more), nor a job that has resumed already (queued again or moved): with restarts that cost, two jobs that
-    gave way to each other in turn would otherwise never end."""
+    in the last round. The fewest megabytes stopped, then the soonest stop. Jobs preempted already (finishing their
+    epoch) cost nothing more: a GPU they make room on stays the choice while they stop. A job of N GPUs has room
+    made on N GPUs of one node at once (one Preemption per GPU with jobs to stop). No job is stopped to save a wait
+    under RESTART_S (its restart would cost more), nor a job that has resumed already (queued again or moved): with
+    restarts that cost, two jobs that gave way to each other in turn would otherwise never end."""
     last = max((r.expected_end for r in running if r.expected_end is not None), default=now)
     taken: set[tuple[str, int]] = set()
     chosen = []
