@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
@@ -199,8 +200,6 @@ class Cluster:
     def _strays(self) -> str:
         """RQ slots on this Redis db that no agent of this test started (RQ names each slot's connection
         `node.slot.pid`): left behind by an earlier run, they take this test's jobs and drop them."""
-        import psutil
-
         ours = {
             child.pid for node in self.nodes if node.poll() is None for child in psutil.Process(node.pid).children()
         }

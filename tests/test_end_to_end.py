@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
@@ -351,8 +352,6 @@ def test_dead_node_makes_its_job_lost(cluster: Cluster, client: TestClient, auth
 def test_a_killed_agent_takes_its_worker_slots_with_it(cluster: Cluster) -> None:
     """A slot that outlived its agent would go on taking the node's jobs (from a test run: every later
     test's jobs, with this test's settings, so they stayed dispatched)."""
-    import psutil
-
     [node] = cluster.nodes
     agent = psutil.Process(node.pid)
     deadline = time.monotonic() + 20
@@ -368,8 +367,6 @@ def test_a_killed_agent_takes_its_worker_slots_with_it(cluster: Cluster) -> None
 
 
 def subprocess_group_kill(pid: int) -> None:
-    import psutil
-
     parent = psutil.Process(pid)
     for process in [parent, *parent.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -391,8 +388,6 @@ def test_logs_follow_streams_until_the_job_ends(cluster: Cluster, client: TestCl
 def test_a_dead_worker_leaves_no_orphan_holding_the_gpu(
     cluster: Cluster, client: TestClient, auth: dict[str, str]
 ) -> None:
-    import psutil
-
     job = submit(client, auth, command=["sleep", "120"])
     cluster.wait(job["id"], {JobStatus.RUNNING})
     pgid = client.get(f"/api/v1/jobs/{job['id']}/runs", headers=auth).json()[0]["pid"]
